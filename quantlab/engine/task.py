@@ -1,0 +1,77 @@
+"""The contract between the generic engine and a problem/topology folder.
+
+A topology package (problems/<P>/<T>/__init__.py) exposes `build_task(cfg, data_root)`
+returning a `Task`. The engine never imports problems/: main.py looks the package up by
+name and hands the task to the trainer.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+Batch = dict[str, Any]
+
+
+class Task(ABC):
+    #: key of the metric that selects the `best` checkpoint (higher is better)
+    best_metric: str
+
+    def __init__(self, cfg: dict, data_root: Path) -> None:
+        self.cfg = cfg
+        self.data_root = data_root
+
+    @abstractmethod
+    def prepare_data(self) -> str | None:
+        """Make sure the dataset exists (e.g. generate the synthetic set); say what was done.
+
+        Called on the main rank only, before any other rank reads the data.
+        """
+
+    @abstractmethod
+    def dataset(self, split: str, train: bool) -> Dataset:
+        """The split's samples; `train=True` adds augmentation and training targets.
+
+        A training dataset has `set_epoch(epoch)` so augmentation is a function of
+        (seed, epoch, index) alone: resumed runs see the same samples.
+        """
+
+    @abstractmethod
+    def collate(self, samples: list[Any]) -> Batch:
+        """Stack samples into a batch dict (tensors plus per-sample metadata)."""
+
+    @abstractmethod
+    def build_network(self) -> torch.nn.Module:
+        """The float network, randomly initialised."""
+
+    @abstractmethod
+    def load_weights(self, model: torch.nn.Module, state: dict, source: str) -> list[str]:
+        """Load a public checkpoint layout into `model`; return the keys that were dropped."""
+
+    @abstractmethod
+    def forward(self, model: torch.nn.Module, batch: Batch) -> Any:
+        """Run the network on a batch."""
+
+    @abstractmethod
+    def loss(self, outputs: Any, batch: Batch) -> dict[str, torch.Tensor]:
+        """Weighted loss terms; their sum is minimised."""
+
+    @abstractmethod
+    def predict(self, outputs: Any, batch: Batch) -> list[dict]:
+        """Per-sample predictions (picklable, each with the sample's `index`)."""
+
+    @abstractmethod
+    def evaluate(self, predictions: list[dict], dataset: Dataset) -> dict[str, float]:
+        """Metrics of the predictions over the whole split (flat dict of numbers)."""
+
+    @abstractmethod
+    def report(self, metrics: dict[str, float], folder: Path) -> str:
+        """A printable table of `metrics`; may write plots into `folder`."""
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}

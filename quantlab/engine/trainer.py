@@ -1,0 +1,206 @@
+"""The Horovod trainer: data-parallel epochs, evaluation, checkpoints, resume, TensorBoard."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset
+from torch.utils.data.distributed import DistributedSampler
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from quantlab.engine import checkpoint, distributed as dist
+from quantlab.engine.errors import CheckpointError, TrainingError
+from quantlab.engine.logbook import Logbook
+from quantlab.engine.meters import MeanMeter
+from quantlab.engine.optim import build_optimizer, build_schedule
+from quantlab.engine.task import Task, to_device
+
+FORMAT = "quantlab/1"
+
+
+class Trainer:
+    """Owns the model, optimizer and every stateful piece of one experiment."""
+
+    def __init__(self, task: Task, cfg: dict, world: dist.World, logbook: Logbook,
+                 device: torch.device) -> None:
+        self.task, self.cfg, self.world, self.logbook, self.device = task, cfg, world, logbook, device
+        self.train_cfg = cfg["training"]
+        torch.manual_seed(cfg["seed"] + world.rank)  # ranks differ until the broadcast
+        self.model = task.build_network().to(device)
+        base = build_optimizer(self.model.parameters(), self.train_cfg, world.size,
+                               cfg["engine"]["lr_scaling"])
+        self.schedule = build_schedule(base, self.train_cfg)
+        self.optimizer = dist.distributed_optimizer(base, self.model)
+        self.stateful: dict[str, Any] = {"schedule": self.schedule}
+        self.epoch = 0
+        self.best: float | None = None
+        self.tb = SummaryWriter(str(logbook.stats)) if world.is_main else None
+
+    # state ---------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "epoch": self.epoch,
+            "best": self.best,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "stateful": {k: v.state_dict() for k, v in self.stateful.items()},
+        }
+
+    def restore(self, state: dict[str, Any], source: str) -> None:
+        if state.get("format") != FORMAT:
+            raise CheckpointError(f"{source}: not a quantlab training checkpoint (format {state.get('format')!r})")
+        checkpoint.load_matching(self.model, state["model"], source)
+        self.optimizer.load_state_dict(state["optimizer"])
+        for name, obj in self.stateful.items():
+            if name not in state["stateful"]:
+                raise CheckpointError(f"{source}: checkpoint has no state for '{name}'")
+            obj.load_state_dict(state["stateful"][name])
+        self.epoch, self.best = state["epoch"], state["best"]
+
+    def sync(self) -> None:
+        """Rank 0's full training state on every rank (start and after resume)."""
+        dist.broadcast_training_state(self.model, self.optimizer, self.stateful)
+        self.epoch, self.best = dist.broadcast_object((self.epoch, self.best), "trainer.meta")
+
+    def resume(self) -> None:
+        if self.world.is_main:
+            path = self.logbook.resolve("last")
+            self.restore(checkpoint.load(path), str(path))
+
+    # training ------------------------------------------------------------------------------
+    def fit(self) -> dict[str, float] | None:
+        self.sync()
+        data = self.task.dataset("train", train=True)
+        sampler = DistributedSampler(data, num_replicas=self.world.size, rank=self.world.rank,
+                                     shuffle=True, seed=self.cfg["seed"], drop_last=True)
+        loader = DataLoader(data, batch_size=self.train_cfg["batch_size"], sampler=sampler,
+                            collate_fn=self.task.collate, num_workers=self.cfg["engine"]["workers"],
+                            drop_last=True)
+        metrics = None
+        for epoch in range(self.epoch, self.train_cfg["epochs"]):
+            sampler.set_epoch(epoch)
+            data.set_epoch(epoch)
+            start = time.perf_counter()
+            terms = self._train_epoch(loader, epoch)
+            seconds = time.perf_counter() - start
+            dist.average_buffers(self.model)
+            self.epoch = epoch + 1
+            metrics = self._maybe_evaluate(epoch)
+            self._checkpoint(epoch, metrics)
+            self._log(epoch, terms, metrics, seconds, len(loader) * self.train_cfg["batch_size"] * self.world.size)
+        return metrics
+
+    def _train_epoch(self, loader: DataLoader, epoch: int) -> dict[str, float]:
+        self.model.train()
+        meter = MeanMeter()
+        clip = self.train_cfg["grad_clip"]
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.train_cfg['epochs']}",
+                   disable=not self.world.is_main, leave=False, dynamic_ncols=True)
+        for step, batch in enumerate(bar):
+            batch = to_device(batch, self.device)
+            terms = self.task.loss(self.task.forward(self.model, batch), batch)
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                raise TrainingError(f"non-finite loss at epoch {epoch + 1}, batch {step}: {values}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip > 0:
+                self.optimizer.synchronize()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                with self.optimizer.skip_synchronize():
+                    self.optimizer.step()
+            else:
+                self.optimizer.step()
+            meter.update(terms, len(batch["index"]))
+            if self.world.is_main:
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+        self.schedule.step()
+        return dist.allreduce_mean(meter.means(), name=f"train.terms.{epoch}")
+
+    def _maybe_evaluate(self, epoch: int) -> dict[str, float] | None:
+        every = self.cfg["engine"]["eval_every"]
+        last = epoch + 1 == self.train_cfg["epochs"]
+        if not (last or (every > 0 and (epoch + 1) % every == 0)):
+            return None
+        return self.evaluate(self.cfg["engine"]["eval_split"], f"epoch_{epoch + 1:04d}", quiet=not last)
+
+    def _checkpoint(self, epoch: int, metrics: dict[str, float] | None) -> None:
+        digests = dist.allgather_object(dist.state_digest(self.model), name=f"digest.{epoch}")
+        if len(set(digests)) != 1:
+            raise TrainingError(f"ranks diverged after epoch {epoch + 1}: model digests {digests}")
+        is_best = False
+        if metrics is not None:
+            value = metrics[self.task.best_metric]
+            if self.best is None or value > self.best:
+                self.best, is_best = value, True
+        state = self.state()
+        state["metrics"] = metrics
+        state["rank_digests"] = digests
+        every = self.cfg["engine"]["save_every"]
+        self.logbook.save(state, epoch + 1, keep_numbered=every > 0 and (epoch + 1) % every == 0,
+                          is_best=is_best)
+
+    def _log(self, epoch: int, terms: dict[str, float], metrics: dict | None, seconds: float,
+             images: int) -> None:
+        if not self.world.is_main:
+            return
+        step = epoch + 1
+        for key, value in terms.items():
+            self.tb.add_scalar(f"train/{key}", value, step)
+        self.tb.add_scalar("train/loss", sum(terms.values()), step)
+        self.tb.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
+        self.tb.add_scalar("train/images_per_s", images / seconds, step)
+        for key, value in (metrics or {}).items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.tb.add_scalar(f"eval/{key}", value, step)
+        self.tb.flush()
+        shown = f" {self.task.best_metric}={metrics[self.task.best_metric]:.2f}" if metrics else ""
+        loss = " ".join(f"{k}={v:.4f}" for k, v in terms.items())
+        print(f"epoch {step}/{self.train_cfg['epochs']}: {loss} ({seconds:.1f}s, "
+              f"{images / seconds:.1f} img/s){shown}", flush=True)
+
+    # evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str, tag: str, quiet: bool = False) -> dict[str, float]:
+        """Predict on this rank's shard, gather every rank's predictions, score on rank 0."""
+        data = self.task.dataset(split, train=False)
+        mine = Subset(data, dist.shard(range(len(data)), self.world))
+        loader = DataLoader(mine, batch_size=self.cfg["evaluation"]["batch_size"],
+                            collate_fn=self.task.collate, num_workers=self.cfg["engine"]["workers"])
+        self.model.eval()
+        predictions: list[dict] = []
+        for batch in tqdm(loader, desc=f"eval {split}", disable=not self.world.is_main, leave=False):
+            batch = to_device(batch, self.device)
+            predictions += self.task.predict(self.task.forward(self.model, batch), batch)
+        gathered = dist.allgather_object(predictions, name=f"eval.{tag}")
+        metrics = None
+        if self.world.is_main:
+            merged = sorted((p for part in gathered for p in part), key=lambda p: p["index"])
+            metrics = self.task.evaluate(merged, data)
+            self.logbook.write_metrics(tag, metrics)
+            table = self.task.report(metrics, self.logbook.eval_dir(tag))
+            if not quiet:
+                print(f"\n{split} split, {tag}:\n{table}", flush=True)
+        return dist.broadcast_object(metrics, name=f"eval.metrics.{tag}")
+
+    def load_for_test(self, spec: str) -> str:
+        """Load `last`/`best`/N/a path: our checkpoints or a public weights layout."""
+        path = self.logbook.resolve(spec)
+        state = checkpoint.load(path)
+        if state.get("format") == FORMAT:
+            checkpoint.load_matching(self.model, state["model"], str(path))
+        else:
+            dropped = self.task.load_weights(self.model, state, str(path))
+            if dropped and self.world.is_main:
+                print(f"{path}: ignored {len(dropped)} keys the network derives or does not use "
+                      f"({', '.join(dropped[:4])}{', ...' if len(dropped) > 4 else ''})")
+        return str(path)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
