@@ -32,8 +32,8 @@ class Trainer:
         self.model = task.build_network().to(device)
         base = build_optimizer(self.model.parameters(), self.train_cfg, world.size,
                                cfg["engine"]["lr_scaling"])
-        self.schedule = build_schedule(base, self.train_cfg)
         self.optimizer = dist.distributed_optimizer(base, self.model)
+        self.schedule = build_schedule(self.optimizer, self.train_cfg)
         self.stateful: dict[str, Any] = {"schedule": self.schedule}
         self.epoch = 0
         self.best: float | None = None
@@ -107,7 +107,7 @@ class Trainer:
             if not torch.isfinite(loss):
                 values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
                 raise TrainingError(f"non-finite loss at epoch {epoch + 1}, batch {step}: {values}")
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad()
             loss.backward()
             if clip > 0:
                 self.optimizer.synchronize()

@@ -1,0 +1,126 @@
+"""quantlab command line: train, quantize and test a problem/topology pair.
+
+    horovodrun -np N python main.py --problem SwissCube --topology Widedepth --mode train
+    python main.py --problem SwissCube --topology Widedepth --mode test --exp_id 0 --ckpt best
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+MODES = ("train", "test")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--problem", required=True, help="folder under problems/, e.g. SwissCube")
+    p.add_argument("--topology", required=True, help="folder under problems/<P>/, e.g. Widedepth")
+    p.add_argument("--mode", choices=MODES, default="train")
+    p.add_argument("--exp_id", type=int, default=None,
+                   help="continue (train) or evaluate (test) this experiment; absent = a new one")
+    p.add_argument("--profile", default="mini", help="config profile of a new experiment (mini, paper)")
+    p.add_argument("--ckpt", default="best", help="for test: last, best, an epoch number, or a file path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set training.epochs=5 (repeatable)")
+    return p.parse_args(argv)
+
+
+def storage_roots() -> tuple[Path, Path]:
+    """Data and logs roots from cfg/hard_storage.json; relative paths are under the repo."""
+    from quantlab.engine.errors import ConfigError
+    path = REPO / "cfg" / "hard_storage.json"
+    try:
+        roots = json.loads(path.read_text())
+        return REPO / roots["data"], REPO / roots["logs"]
+    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: expected {{\"data\": ..., \"logs\": ...}} ({exc})")
+
+
+def run(args: argparse.Namespace) -> int:
+    from quantlab.engine import distributed as dist
+    from quantlab.engine.config import apply_overrides, build_config
+    from quantlab.engine.errors import ConfigError
+    from quantlab.engine.logbook import Logbook
+    from quantlab.engine.trainer import Trainer
+
+    topo_dir = REPO / "problems" / args.problem / args.topology
+    if not (topo_dir / "config.yaml").is_file():
+        known = sorted(f"{p.parent.name}/{p.name}" for p in (REPO / "problems").glob("*/*") if (p / "config.yaml").is_file())
+        raise ConfigError(f"{topo_dir}: no such problem/topology (available: {', '.join(known)})")
+    data_root, logs_root = storage_roots()
+
+    if args.exp_id is None:
+        cfg = build_config(REPO / "cfg" / "defaults.yaml", topo_dir / "config.yaml", args.profile, args.overrides)
+    else:
+        probe = Logbook(logs_root, args.problem, args.topology, args.exp_id, writer=False)
+        cfg = apply_overrides(probe.load_config(), args.overrides)
+    world = dist.init(cfg["engine"]["threads"])
+
+    exp_id = args.exp_id
+    if exp_id is None:
+        exp_id = dist.broadcast_object(
+            Logbook.next_id(logs_root, args.problem, args.topology) if world.is_main else None, "exp_id")
+    logbook = Logbook(logs_root, args.problem, args.topology, exp_id, writer=world.is_main)
+    resuming = args.exp_id is not None
+    if not resuming:
+        logbook.create(cfg)
+    elif args.overrides:
+        logbook.create(cfg)  # record the overrides the continued run uses
+    if world.is_main:
+        print(f"experiment {logbook.root.relative_to(REPO) if logbook.root.is_relative_to(REPO) else logbook.root} "
+              f"({args.mode}, {world.size} rank{'s' if world.size > 1 else ''}, profile {cfg['profile']})", flush=True)
+
+    task = importlib.import_module(f"problems.{args.problem}.{args.topology}").build_task(cfg, data_root)
+    if world.is_main:
+        note = task.prepare_data()
+        if note:
+            print(note, flush=True)
+    dist.barrier()
+
+    device = dist.device_for(world, cfg["engine"]["device"])
+    trainer = Trainer(task, cfg, world, logbook, device)
+    try:
+        if args.mode == "train":
+            if resuming and (logbook.saves / "last.pt").is_file():
+                trainer.resume()
+            trainer.fit()
+        else:
+            source = trainer.load_for_test(args.ckpt) if world.is_main else None
+            trainer.sync()
+            name = Path(args.ckpt).stem if not args.ckpt.isdigit() else f"epoch_{int(args.ckpt):04d}"
+            split = cfg["engine"]["eval_split"]
+            if world.is_main:
+                print(f"testing {source} on the {split} split", flush=True)
+            trainer.evaluate(split, f"test_{name}")
+    finally:
+        trainer.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    sys.path.insert(0, str(REPO))
+    from quantlab.engine.errors import QuantlabError
+    rank = "?"
+    try:
+        import horovod.torch as hvd
+        try:
+            return run(args)
+        finally:
+            rank = str(hvd.rank()) if hvd.is_initialized() else "?"
+    except QuantlabError as exc:
+        print(f"error (rank {rank}): {exc}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print(f"interrupted (rank {rank})", file=sys.stderr, flush=True)
+    except Exception:
+        print(f"error (rank {rank}):\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
