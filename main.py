@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -31,13 +32,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def storage_roots() -> tuple[Path, Path]:
-    """Data and logs roots from cfg/hard_storage.json; relative paths are under the repo."""
+    """Data and logs roots from cfg/hard_storage.json (or the file $QUANTLAB_STORAGE names);
+    relative paths are resolved against that file's folder."""
     from quantlab.engine.errors import ConfigError
-    path = REPO / "cfg" / "hard_storage.json"
+    path = Path(os.environ.get("QUANTLAB_STORAGE", REPO / "cfg" / "hard_storage.json")).resolve()
     try:
         roots = json.loads(path.read_text())
-        return REPO / roots["data"], REPO / roots["logs"]
-    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        return path.parent / roots["data"], path.parent / roots["logs"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: expected {{\"data\": ..., \"logs\": ...}} ({exc})")
 
 

@@ -8,6 +8,7 @@ train with the default.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import yaml
 from quantlab.engine.errors import ConfigError
 
 Config = dict[str, Any]
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def load_yaml(path: Path) -> dict:
@@ -80,6 +82,8 @@ def parse_override(text: str) -> dict:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-3 as a string; users mean a number
     nested: dict = value
     for part in reversed(key.split(".")):
         nested = {part: nested}

@@ -44,6 +44,8 @@ def object_space(points_2d: torch.Tensor, corners_cam: torch.Tensor, K_inv: torc
 
 
 class WDRLoss:
+    """Both terms are sums over the batch's cells, as in the reference code."""
+
     def __init__(self, centres: torch.Tensor, anchors: torch.Tensor, K: torch.Tensor, diameter: float,
                  gamma: float, alpha: float, weight_cls: float, weight_reg: float) -> None:
         self.centres, self.anchors, self.K_inv = centres, anchors, torch.linalg.inv(K)
@@ -53,8 +55,7 @@ class WDRLoss:
     def __call__(self, outputs, batch: dict) -> dict[str, torch.Tensor]:
         logits, poses = flatten_levels(*outputs)
         labels, owner = batch["labels"], batch["owner"]
-        n = labels.shape[0]
-        cls = sigmoid_focal(logits, labels, self.gamma, self.alpha) / n
+        cls = sigmoid_focal(logits, labels, self.gamma, self.alpha)
         pos_img, pos_cell = torch.nonzero(labels > 0, as_tuple=True)
         if len(pos_img) == 0:
             reg = poses.sum() * 0.0
@@ -64,5 +65,5 @@ class WDRLoss:
             dev = pred.device
             pts = decode(pred, self.centres.to(dev)[pos_cell], self.anchors.to(dev)[pos_cell])
             target = batch["cam_corners"][pos_img, owner[pos_img, pos_cell]]
-            reg = object_space(pts, target, self.K_inv.to(dev), self.diameter).sum() / n
+            reg = object_space(pts, target, self.K_inv.to(dev), self.diameter).sum()
         return {"cls": cls * self.weight_cls, "reg": reg * self.weight_reg}
