@@ -2,7 +2,7 @@
 
 The object is a 1U-CubeSat-sized cuboid whose space diagonal equals SwissCube's diameter
 (178.46 mm), so the real dataset's constants apply unchanged. Each face has its own colour
-and a checker pattern with one marked corner, so every pose is distinguishable. Images are
+and a dark marker quadrant, so every pose is distinguishable. Images are
 rendered at random rotations over a wide depth range, above space-like backgrounds, with
 visible masks, and written exactly as the loader expects the real data.
 """
@@ -29,8 +29,8 @@ FACE_COLORS = np.array([[220, 60, 50], [50, 170, 70], [60, 90, 220],
 
 def cubesat_mesh(grid: int = 6) -> Mesh:
     """A 100 x 100 x h mm cuboid (h so that the diameter is 178.46 mm), faces split into
-    grid x grid cells coloured per face with a checker pattern; cells own their vertices so
-    colours stay flat."""
+    grid x grid cells (the points ADD/ADI use) coloured per face with a dark marker
+    quadrant; cells own their vertices so colours stay flat."""
     half = np.array([100.0, 100.0, np.sqrt(DIAMETER ** 2 - 2 * 100.0 ** 2)]) / 2
     vertices, faces, colors = [], [], []
     for axis in range(3):
@@ -51,9 +51,9 @@ def cubesat_mesh(grid: int = 6) -> Mesh:
                     base = len(vertices)
                     vertices += corners
                     faces += [[base, base + 1, base + 2], [base, base + 2, base + 3]]
-                    tone = 1.0 if (i + j) % 2 == 0 else 0.6
-                    if i == 0 and j == 0:
-                        tone = 0.15  # a dark marker cell breaks the face's symmetry
+                    # a dark marker quadrant breaks the face's rotational symmetry; the
+                    # rest is the face's own colour, readable even when the object is small
+                    tone = 0.25 if (i < grid // 2 and j < grid // 2) else 1.0
                     colors += [np.clip(FACE_COLORS[face_id] * tone, 0, 255)] * 4
     return Mesh(np.array(vertices), np.array(faces, np.int64), np.array(colors, np.uint8))
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import resource
 import time
 from typing import Any
 
@@ -155,6 +156,8 @@ class Trainer:
         self.tb.add_scalar("train/loss", sum(terms.values()), step)
         self.tb.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
         self.tb.add_scalar("train/images_per_s", images / seconds, step)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.tb.add_scalar("train/peak_rss_mib", peak, step)
         for key, value in (metrics or {}).items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.tb.add_scalar(f"eval/{key}", value, step)
@@ -162,7 +165,7 @@ class Trainer:
         shown = f" {self.task.best_metric}={metrics[self.task.best_metric]:.2f}" if metrics else ""
         loss = " ".join(f"{k}={v:.4f}" for k, v in terms.items())
         print(f"epoch {step}/{self.train_cfg['epochs']}: {loss} ({seconds:.1f}s, "
-              f"{images / seconds:.1f} img/s){shown}", flush=True)
+              f"{images / seconds:.1f} img/s, peak {peak:.0f} MiB){shown}", flush=True)
 
     # evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
