@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LINE = re.compile(r"^epoch (\d+)/\d+: .*\(([\d.]+)s, ([\d.]+) img/s, peak (\d+) MiB\)", re.M)
+LINE = re.compile(r"epoch (\d+)/\d+: [^(]*\(([\d.]+)s, ([\d.]+) img/s, peak (\d+) MiB\)")
 
 
-def run(ranks: int, threads: int, epochs: int, storage: Path) -> dict:
-    cmd = [str(REPO / ".venv" / "bin" / "horovodrun"), "-np", str(ranks), "-H", f"localhost:{ranks}",
+def run(ranks: int, threads: int, epochs: int, storage: Path, controller: str = "mpi") -> dict:
+    cmd = [str(REPO / ".venv" / "bin" / "horovodrun"), "-np", str(ranks), "-H", f"localhost:{ranks}", f"--{controller}",
            sys.executable, str(REPO / "main.py"), "--problem", "SwissCube", "--topology", "Widedepth",
            "--set", f"training.epochs={epochs}", "--set", "engine.eval_every=0",
            "--set", f"engine.threads={threads}"]
@@ -36,7 +36,7 @@ def run(ranks: int, threads: int, epochs: int, storage: Path) -> dict:
         sys.exit(f"run with {ranks} rank(s) failed:\n{out.stderr[-3000:]}")
     found = LINE.findall(out.stdout)
     epochs_seen = [(float(s), float(r)) for _, s, r, _ in found][1:]
-    return {"ranks": ranks, "threads_per_rank": threads,
+    return {"ranks": ranks, "threads_per_rank": threads, "controller": controller,
             "images_per_s": sum(r for _, r in epochs_seen) / len(epochs_seen),
             "seconds_per_epoch": sum(s for s, _ in epochs_seen) / len(epochs_seen),
             "wall_s": wall, "peak_rss_mib": max(float(m) for *_, m in found)}
@@ -52,13 +52,15 @@ def main() -> None:
         data = REPO / "data"
         (storage / "hard_storage.json").write_text(json.dumps({"data": str(data), "logs": "logs"}))
         results = [run(1, args.threads, args.epochs, storage), run(2, args.threads, args.epochs, storage),
-                   run(1, 2 * args.threads, args.epochs, storage)]
+                   run(1, 2 * args.threads, args.epochs, storage),
+                   run(2, args.threads, args.epochs, storage, controller="gloo")]
     for r in results:
-        print(f"-np {r['ranks']} x {r['threads_per_rank']} thread(s): {r['images_per_s']:7.1f} img/s, "
+        print(f"-np {r['ranks']} x {r['threads_per_rank']} thread(s), {r['controller']:>4}: {r['images_per_s']:7.1f} img/s, "
               f"{r['seconds_per_epoch']:.2f} s/epoch, peak RSS (rank 0) {r['peak_rss_mib']:.0f} MiB, wall {r['wall_s']:.0f} s")
-    one, two, fair = results
+    one, two, fair, gloo = results
     print(f"ratio -np 2 / -np 1 (same threads per rank): {two['images_per_s'] / one['images_per_s']:.2f}")
     print(f"ratio -np 2 / -np 1 (same cores in total):   {two['images_per_s'] / fair['images_per_s']:.2f}")
+    print(f"ratio -np 2 gloo / -np 1 (same cores in total): {gloo['images_per_s'] / fair['images_per_s']:.2f}")
 
 
 if __name__ == "__main__":
