@@ -33,6 +33,7 @@ TINY_SET = [
     "training.batch_size=4",
     "training.epochs=2",
     "engine.threads=1",
+    "engine.save_every=1",
 ]
 
 
