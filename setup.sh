@@ -25,7 +25,7 @@ ensure_mpi() {
 
 ensure_venv() {
     [ -x "$VENV/bin/python" ] || { say "creating $VENV with $PY"; "$PY" -m venv "$VENV"; }
-    PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
+    PIP=("$VENV/bin/python" -m pip -qq --disable-pip-version-check)
 }
 
 ensure_torch() {
@@ -80,7 +80,7 @@ ensure_horovod() {
         mkdir -p "$dir.tmp"
         env HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
             "${ops[@]}" MAKEFLAGS="-j$(nproc)" HOROVOD_BUILD_ARCH_FLAGS="" \
-            "$VENV/bin/python" -m pip wheel -q --no-build-isolation --no-deps -w "$dir.tmp" \
+            "$VENV/bin/python" -m pip wheel -qq --no-build-isolation --no-deps -w "$dir.tmp" \
             "$work/horovod-$HOROVOD_VERSION" >"$work/build.log" 2>&1 \
             || { tail -40 "$work/build.log" >&2; echo "Horovod build failed; full log: $work/build.log" >&2; exit 1; }
         rm -rf "$dir" && mv "$dir.tmp" "$dir"

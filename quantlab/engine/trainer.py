@@ -100,7 +100,7 @@ class Trainer:
         meter = MeanMeter()
         clip = self.train_cfg["grad_clip"]
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.train_cfg['epochs']}",
-                   disable=not self.world.is_main, leave=False, dynamic_ncols=True)
+                   disable=not self.world.is_main, leave=False, dynamic_ncols=True, mininterval=1.0)
         for step, batch in enumerate(bar):
             batch = to_device(batch, self.device)
             terms = self.task.loss(self.task.forward(self.model, batch), batch)
@@ -177,7 +177,8 @@ class Trainer:
                             collate_fn=self.task.collate, num_workers=self.cfg["engine"]["workers"])
         self.model.eval()
         predictions: list[dict] = []
-        for batch in tqdm(loader, desc=f"eval {split}", disable=not self.world.is_main, leave=False):
+        for batch in tqdm(loader, desc=f"eval {split}", disable=not self.world.is_main, leave=False,
+                          mininterval=1.0):
             batch = to_device(batch, self.device)
             predictions += self.task.predict(self.task.forward(self.model, batch), batch)
         gathered = dist.allgather_object(predictions, name=f"eval.{tag}")
