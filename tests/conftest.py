@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 TINY = {"image_size": 64, "images": {"train": 16, "validation": 4, "test": 12},
-        "images_per_sequence": 8, "depth_range": [150.0, 600.0], "margin": 0.2, "seed": 5}
+        "images_per_sequence": 8, "depth_range": [150.0, 600.0], "margin": 0.2, "max_rotation": 180.0, "seed": 5}
 
 
 @pytest.fixture(scope="session")

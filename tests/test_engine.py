@@ -28,6 +28,7 @@ TINY_SET = [
     "data.synthetic.params.images_per_sequence=8",
     "data.synthetic.params.depth_range=[150.0, 600.0]",
     "data.synthetic.params.margin=0.2",
+    "data.synthetic.params.max_rotation=180.0",
     "data.synthetic.params.seed=5",
     "input.size=64",
     "training.batch_size=4",

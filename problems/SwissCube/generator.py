@@ -82,9 +82,15 @@ def space_background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def sample_pose(rng: np.random.Generator, K: np.ndarray, size: int, depth_range: tuple[float, float],
-                margin: float) -> tuple[np.ndarray, np.ndarray]:
-    """Uniform rotation; depth uniform in range; centre projected inside the image margins."""
-    R = Rotation.random(random_state=rng.integers(2 ** 31)).as_matrix()
+                margin: float, max_rotation: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rotation uniform over SO(3) (max_rotation 180) or within `max_rotation` degrees of the
+    identity; depth uniform in range; centre projected inside the image margins."""
+    if max_rotation >= 180:
+        R = Rotation.random(random_state=rng.integers(2 ** 31)).as_matrix()
+    else:
+        axis = rng.normal(size=3)
+        angle = np.radians(rng.uniform(0, max_rotation))
+        R = Rotation.from_rotvec(axis / np.linalg.norm(axis) * angle).as_matrix()
     z = rng.uniform(*depth_range)
     u, v = rng.uniform(margin * size, (1 - margin) * size, 2)
     t = np.array([(u - K[0, 2]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1], z])
@@ -132,7 +138,8 @@ def generate(root: Path, params: dict) -> str:
             folder = tmp / f"seq_{seq:06d}"
             gt, cams = {}, {}
             for im_id in range(min(per_seq, n - start)):
-                R, t = sample_pose(rng, K, size, tuple(params["depth_range"]), params["margin"])
+                R, t = sample_pose(rng, K, size, tuple(params["depth_range"]), params["margin"],
+                                   params["max_rotation"])
                 img, mask = render_sample(mesh, R, t, K, size, rng)
                 for sub, name, data in (("rgb", f"{im_id:06d}.png", img[..., ::-1]),
                                         ("mask_visib", f"{im_id:06d}_000000.png", mask)):
