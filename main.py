@@ -69,10 +69,8 @@ def run(args: argparse.Namespace) -> int:
             Logbook.next_id(logs_root, args.problem, args.topology) if world.is_main else None, "exp_id")
     logbook = Logbook(logs_root, args.problem, args.topology, exp_id, writer=world.is_main)
     resuming = args.exp_id is not None
-    if not resuming:
-        logbook.create(cfg)
-    elif args.overrides:
-        logbook.create(cfg)  # record the overrides the continued run uses
+    if not resuming or (args.overrides and args.mode == "train"):
+        logbook.create(cfg)  # a new experiment, or the overrides a continued run uses
     if world.is_main:
         print(f"experiment {logbook.root.relative_to(REPO) if logbook.root.is_relative_to(REPO) else logbook.root} "
               f"({args.mode}, {world.size} rank{'s' if world.size > 1 else ''}, profile {cfg['profile']})", flush=True)

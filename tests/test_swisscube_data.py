@@ -65,3 +65,17 @@ def test_missing_files_are_named(tiny_root, tmp_path):
         data.split("train2")
     with pytest.raises(DataError, match="no annotation for image 999"):
         data.load("seq_000000/rgb/000999.png", 0)
+
+
+def test_max_rotation_bounds_the_angle_from_identity():
+    from scipy.spatial.transform import Rotation
+
+    from problems.SwissCube.generator import camera_matrix, sample_pose
+    rng = np.random.default_rng(0)
+    K = camera_matrix(128)
+    limited = [Rotation.from_matrix(sample_pose(rng, K, 128, (300, 1200), 0.15, 30.0)[0]).magnitude()
+               for _ in range(200)]
+    uniform = [Rotation.from_matrix(sample_pose(rng, K, 128, (300, 1200), 0.15, 180.0)[0]).magnitude()
+               for _ in range(200)]
+    assert max(limited) <= np.radians(30.0) + 1e-9
+    assert max(uniform) > np.radians(120.0)  # uniform over SO(3) reaches far beyond 30 degrees
