@@ -9,6 +9,7 @@ exactly a rigid motion.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -34,6 +35,7 @@ class Geometry:
         K = np.asarray(input_cfg["internal_K"], float).reshape(3, 3) * np.array([[size / 512], [size / 512], [1]])
         return cls(size, K, tuple(net_cfg["strides"]), tuple(net_cfg["anchor_sizes"]))
 
+    @cached_property
     def cells(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Centre (x, y), anchor size and level of every cell, levels concatenated row-major."""
         centres, sizes, levels = [], [], []
@@ -106,7 +108,7 @@ def targets(instances: list[dict], geo: Geometry, corners: dict[int, np.ndarray]
     object's size matches the level's anchor size, drawn from the cells whose centre lies
     in the visible mask; other in-mask cells are ignored (-1); the rest are background (0).
     """
-    centres, _, levels = geo.cells()
+    centres, _, levels = geo.cells
     n_cells = len(centres)
     labels = np.zeros(n_cells, np.int64)
     owner = np.full(n_cells, -1, np.int64)

@@ -68,7 +68,7 @@ class WidedepthTask(Task):
         super().__init__(cfg, data_root)
         self.root = data_root / cfg["data"]["root"]
         self.geo = Geometry.from_config(cfg["network"], cfg["input"])
-        centres, anchors, _ = self.geo.cells()
+        centres, anchors, _ = self.geo.cells
         self.centres = torch.from_numpy(centres).float()
         self.anchors = torch.from_numpy(anchors).float()
         self._data: SwissCube | None = None
