@@ -1,0 +1,99 @@
+"""Quantizer functions: symmetric linear (max-abs), 1-bit sign, LSQ, INQ levels, STE rounding.
+
+Functions here are stateless; the modules that hold learned steps, INQ masks and
+calibrated ranges build on them.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) forward, identity gradient (straight-through estimator)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """x forward, gradient multiplied by `scale` (LSQ's step-size gradient scaling)."""
+    return (x - x * scale).detach() + x * scale
+
+
+def signed_levels(bits: int) -> int:
+    """Largest positive integer level of a symmetric signed grid: 2^(b-1) - 1."""
+    if not 2 <= bits <= 8:
+        raise ValueError(f"symmetric linear quantization takes 2-8 bits, got {bits}")
+    return 2 ** (bits - 1) - 1
+
+
+def max_abs(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """max|W| per tensor, or per output channel (dim 0) shaped to broadcast against w."""
+    if not per_channel:
+        return w.abs().max()
+    return w.abs().reshape(w.shape[0], -1).max(dim=1).values.reshape(-1, *([1] * (w.dim() - 1)))
+
+
+def symmetric_linear(w: torch.Tensor, bits: int, per_channel: bool = False) -> torch.Tensor:
+    """Eq. 6 of the output-sensitivity DETR paper, with straight-through rounding:
+    Q(W) = round(W (2^(n-1) - 1) / max|W|) max|W| / (2^(n-1) - 1).
+    The range is a statistic of W, not trained: its gradient is cut (LSQ learns one)."""
+    q = signed_levels(bits)
+    scale = max_abs(w.detach(), per_channel).clamp_min(torch.finfo(w.dtype).tiny) / q
+    return round_ste(w / scale) * scale
+
+
+def sign_binary(w: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
+    """1 bit: sign(W) times mean|W| (the L2-optimal scale for a sign code), straight-through."""
+    if per_channel:
+        alpha = w.abs().reshape(w.shape[0], -1).mean(dim=1).reshape(-1, *([1] * (w.dim() - 1)))
+    else:
+        alpha = w.abs().mean()
+    binary = torch.where(w >= 0, torch.ones_like(w), -torch.ones_like(w)) * alpha
+    return w + (binary - w).detach()
+
+
+def lsq(x: torch.Tensor, step: torch.Tensor, q_neg: int, q_pos: int) -> torch.Tensor:
+    """LSQ (Esser et al. 2020): round(clip(x / s, -Q_N, Q_P)) s, with the step's gradient
+    scaled by 1 / sqrt(N Q_P), N the number of elements x holds per step."""
+    g = 1.0 / (x.numel() / step.numel() * q_pos) ** 0.5
+    s = grad_scale(step, g)
+    return round_ste(torch.clamp(x / s, -q_neg, q_pos)) * s
+
+
+def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
+    """(Q_N, Q_P): signed [-2^(b-1), 2^(b-1) - 1], unsigned [0, 2^b - 1]."""
+    if signed:
+        return 2 ** (bits - 1), 2 ** (bits - 1) - 1
+    return 0, 2 ** bits - 1
+
+
+def lsq_init_step(x: torch.Tensor, q_pos: int) -> torch.Tensor:
+    """The LSQ paper's initial step: 2 mean|x| / sqrt(Q_P)."""
+    return 2 * x.detach().abs().mean() / q_pos ** 0.5
+
+
+def inq_levels(s: torch.Tensor | float, bits: int) -> torch.Tensor:
+    """INQ levels as the MQAT code uses them: linspace(-s, s, 2^b - 1)."""
+    n = 2 ** bits - 1
+    return torch.linspace(-1.0, 1.0, n) * torch.as_tensor(s, dtype=torch.float32)
+
+
+def inq_quantize(w: torch.Tensor, s: torch.Tensor | float, bits: int) -> torch.Tensor:
+    """Each entry of w replaced by its nearest level of linspace(-s, s, 2^b - 1); the grid
+    is uniform, so this is a clamped rounding (no search over levels)."""
+    half = (2 ** bits - 2) // 2  # levels on each side of zero
+    step = torch.as_tensor(s, dtype=w.dtype) / half
+    return torch.clamp(torch.round(w / step), -half, half) * step
+
+
+def inq_scale(w: torch.Tensor, bits: int, grid: int = 200) -> torch.Tensor:
+    """The s in (0, max|W|] whose level set minimises the L2 quantization error of w,
+    found on a uniform grid and refined once on a finer grid around the best point."""
+    top = w.detach().abs().max()
+    candidates = torch.linspace(top / grid, top, grid)
+    for _ in range(2):
+        errors = torch.stack([((inq_quantize(w.detach(), s, bits) - w.detach()) ** 2).sum()
+                              for s in candidates])
+        best = candidates[torch.argmin(errors)]
+        width = candidates[1] - candidates[0]
+        candidates = torch.linspace(max(best - width, top / (grid * grid)), best + width, grid)
+    return best

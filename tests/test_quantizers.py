@@ -1,0 +1,82 @@
+"""Quantizer functions against values worked by hand and the papers' formulas."""
+import pytest
+import torch
+
+from quantlab.quant.quantizers import (inq_levels, inq_quantize, inq_scale, lsq, lsq_init_step, lsq_range,
+                                       round_ste, sign_binary, symmetric_linear)
+
+
+def test_symmetric_linear_by_hand():
+    w = torch.tensor([0.4, -1.0, 0.26, 0.74])
+    # 2 bits: 2^(2-1) - 1 = 1 level each side, scale max|W| / 1 = 1
+    assert symmetric_linear(w, 2).tolist() == [0.0, -1.0, 0.0, 1.0]
+    # 3 bits: 3 levels each side, scale 1/3: W * 3 = [1.2, -3, 0.78, 2.22] -> [1, -3, 1, 2]
+    assert torch.allclose(symmetric_linear(w, 3), torch.tensor([1.0, -3.0, 1.0, 2.0]) / 3)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+def test_symmetric_linear_uses_2_to_the_b_minus_1_levels(bits):
+    w = torch.linspace(-1, 1, 2001)
+    assert len(torch.unique(symmetric_linear(w, bits))) == 2 ** bits - 1
+
+
+def test_symmetric_per_channel_scales_each_output_channel():
+    w = torch.tensor([[0.5, -0.2], [4.0, 1.1]])
+    q = symmetric_linear(w, 2, per_channel=True)
+    assert q.tolist() == [[0.5, 0.0], [4.0, 0.0]]  # row 0 scale 0.5, row 1 scale 4
+    assert symmetric_linear(w, 2).tolist() == [[0.0, 0.0], [4.0, 0.0]]  # one scale: 4
+
+
+def test_rounding_passes_gradients_straight_through():
+    w = torch.tensor([0.3, -0.7, 0.9], requires_grad=True)
+    symmetric_linear(w, 4).sum().backward()
+    assert w.grad.tolist() == [1.0, 1.0, 1.0]
+    x = torch.tensor([1.4], requires_grad=True)
+    round_ste(x).backward()
+    assert x.grad.item() == 1.0
+
+
+def test_sign_binary_by_hand():
+    w = torch.tensor([0.5, -1.5, 2.0, -0.0])
+    # mean|W| = 1.0; sign(0) taken as +1
+    assert sign_binary(w).tolist() == [1.0, -1.0, 1.0, 1.0]
+
+
+def test_lsq_ranges_and_init():
+    assert lsq_range(4, signed=True) == (8, 7)
+    assert lsq_range(4, signed=False) == (0, 15)
+    x = torch.tensor([1.0, -3.0, 2.0, -2.0])
+    assert lsq_init_step(x, 4).item() == pytest.approx(2 * 2.0 / 2)
+
+
+def test_lsq_forward_and_gradients_match_the_papers_formulas():
+    q_neg, q_pos = lsq_range(3, signed=True)  # -4 .. 3
+    x = torch.tensor([0.26, -0.55, 2.0, -3.0, 0.74], requires_grad=True)
+    s = torch.tensor([0.5], requires_grad=True)
+    out = lsq(x, s, q_neg, q_pos)
+    v = x.detach() / 0.5  # [0.52, -1.1, 4, -6, 1.48]
+    assert out.tolist() == pytest.approx([0.5, -0.5, 1.5, -2.0, 0.5])
+    out.sum().backward()
+    # dQ/dx: 1 inside (-Q_N, Q_P), 0 where clipped
+    assert x.grad.tolist() == [1.0, 1.0, 0.0, 0.0, 1.0]
+    # dQ/ds = -v + round(v) inside, -Q_N / Q_P when clipped, times g = 1/sqrt(N Q_P)
+    inside = torch.tensor([-0.52 + 1, 1.1 - 1, 0, 0, -1.48 + 1])
+    clipped = torch.tensor([0.0, 0.0, q_pos, -q_neg, 0.0])
+    expected = (inside + clipped).sum() / (5 * q_pos) ** 0.5
+    assert s.grad.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_inq_levels_as_in_the_mqat_code():
+    assert inq_levels(0.3, 2).tolist() == pytest.approx([-0.3, 0.0, 0.3])  # ternary
+    assert len(inq_levels(1.0, 4)) == 15 and len(inq_levels(1.0, 5)) == 31 and len(inq_levels(1.0, 8)) == 255
+    assert inq_quantize(torch.tensor([0.2, 0.6, -0.9, 5.0]), 1.0, 2).tolist() == [0.0, 1.0, -1.0, 1.0]
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_inq_scale_is_as_good_as_brute_force(bits):
+    torch.manual_seed(bits)
+    w = torch.randn(500) * 0.1
+    s = inq_scale(w, bits)
+    error = ((inq_quantize(w, s, bits) - w) ** 2).sum()
+    brute = min(((inq_quantize(w, c, bits) - w) ** 2).sum() for c in torch.linspace(1e-4, w.abs().max(), 4000))
+    assert error <= brute * (1 + 1e-3)
