@@ -1,0 +1,169 @@
+"""Stateful quantizers and the quantized Conv2d / Linear that use them.
+
+A quantized layer keeps the float layer's weights (it is built from it, never
+re-initialised) and applies a weight quantizer `wq` and, optionally, an input activation
+quantizer `aq`. Every piece of state (LSQ steps, INQ frozen values, calibrated ranges) is a
+parameter or buffer, so it travels in the model's state_dict and Horovod's broadcast.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from quantlab.quant import quantizers as Q
+
+
+class SymmetricWeight(nn.Module):
+    """Max-abs symmetric linear weights (bits 2-8), or the 1-bit sign code."""
+
+    def __init__(self, bits: int, per_channel: bool = False) -> None:
+        super().__init__()
+        if bits != 1:
+            Q.signed_levels(bits)  # validates the range
+        self.bits, self.per_channel = bits, per_channel
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.bits == 1:
+            return Q.sign_binary(w, self.per_channel)
+        return Q.symmetric_linear(w, self.bits, self.per_channel)
+
+
+class LSQWeight(nn.Module):
+    """LSQ weights: a learned step per tensor (or per output channel), signed range."""
+
+    def __init__(self, weight: torch.Tensor, bits: int, per_channel: bool = False) -> None:
+        super().__init__()
+        self.bits = bits
+        self.q_neg, self.q_pos = Q.lsq_range(bits, signed=True)
+        if per_channel:
+            rows = weight.detach().reshape(weight.shape[0], -1)
+            init = 2 * rows.abs().mean(dim=1) / self.q_pos ** 0.5
+            init = init.reshape(-1, *([1] * (weight.dim() - 1)))
+        else:
+            init = Q.lsq_init_step(weight, self.q_pos).reshape(1)
+        self.step = nn.Parameter(init.clone())
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return Q.lsq(w, self.step, self.q_neg, self.q_pos)
+
+
+class INQWeight(nn.Module):
+    """Incremental network quantization (Zhou et al. 2017) as the MQAT code stores it.
+
+    `weight_frozen` holds NaN where an entry still trains and its quantized value where it
+    is frozen; `weight_s` is the level scale s of linspace(-s, s, 2^b - 1). The forward
+    weight is the frozen value where there is one, else the float weight.
+    """
+
+    def __init__(self, weight: torch.Tensor, bits: int) -> None:
+        super().__init__()
+        self.bits = bits
+        self.register_buffer("weight_frozen", torch.full_like(weight.detach(), float("nan")))
+        self.register_buffer("weight_s", Q.inq_scale(weight, bits).reshape(1))
+
+    def frozen(self) -> torch.Tensor:
+        return ~torch.isnan(self.weight_frozen)
+
+    def fraction(self) -> float:
+        return float(self.frozen().float().mean())
+
+    @torch.no_grad()
+    def freeze(self, weight: torch.Tensor, fraction: float) -> torch.Tensor:
+        """Freeze the largest-magnitude trainable entries until `fraction` of all entries
+        are frozen; frozen entries never change again. Returns the mask of the new ones."""
+        frozen = self.frozen()
+        target = int(round(fraction * weight.numel()))
+        todo = target - int(frozen.sum())
+        new = torch.zeros_like(frozen)
+        if todo <= 0:
+            return new
+        magnitude = weight.detach().abs().masked_fill(frozen, -1.0).flatten()
+        new.view(-1)[torch.topk(magnitude, todo).indices] = True
+        values = Q.inq_quantize(weight.detach(), self.weight_s, self.bits)
+        self.weight_frozen[new] = values[new]
+        return new
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.frozen(), self.weight_frozen, w)
+
+
+class STEActivation(nn.Module):
+    """Activations on a uniform grid whose range is calibrated, then fixed.
+
+    While `calibrating` is on, the running max|x| is recorded and x passes unchanged;
+    afterwards x is clipped to the range and rounded with a straight-through gradient.
+    Unsigned inputs (after ReLU) use [0, max] with 2^b - 1 steps, signed ones [-max, max].
+    """
+
+    def __init__(self, bits: int, signed: bool) -> None:
+        super().__init__()
+        self.bits, self.signed = bits, signed
+        self.register_buffer("range", torch.zeros(1))
+        self.register_buffer("calibrating", torch.ones(1, dtype=torch.bool))
+
+    def end_calibration(self) -> None:
+        if float(self.range) <= 0:
+            raise RuntimeError("STEActivation: calibration saw no non-zero input")
+        self.calibrating.fill_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(self.calibrating):
+            self.range.copy_(torch.maximum(self.range, x.detach().abs().max().reshape(1)))
+            return x
+        levels = 2 ** (self.bits - 1) - 1 if self.signed else 2 ** self.bits - 1
+        scale = self.range / levels
+        low = -self.range if self.signed else torch.zeros_like(self.range)
+        return Q.round_ste(torch.clamp(x, low, self.range) / scale) * scale
+
+
+class LSQActivation(nn.Module):
+    """LSQ activations: the step is initialised from the first batch it sees."""
+
+    def __init__(self, bits: int, signed: bool) -> None:
+        super().__init__()
+        self.q_neg, self.q_pos = Q.lsq_range(bits, signed)
+        self.step = nn.Parameter(torch.zeros(1))
+        self.register_buffer("initialised", torch.zeros(1, dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(self.initialised):
+            with torch.no_grad():
+                self.step.copy_(Q.lsq_init_step(x, self.q_pos).reshape(1))
+                self.initialised.fill_(True)
+        return Q.lsq(x, self.step, self.q_neg, self.q_pos)
+
+
+class QuantConv2d(nn.Conv2d):
+    """Conv2d with weight (and optional input) quantization; weights come from `conv`."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, wq: nn.Module, aq: nn.Module | None = None) -> "QuantConv2d":
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+                device=conv.weight.device, dtype=conv.weight.dtype)
+        q.load_state_dict(conv.state_dict())
+        q.wq, q.aq = wq, aq
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.aq is not None:
+            x = self.aq(x)
+        return self._conv_forward(x, self.wq(self.weight), self.bias)
+
+
+class QuantLinear(nn.Linear):
+    """Linear with weight (and optional input) quantization; weights come from `linear`."""
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, wq: nn.Module, aq: nn.Module | None = None) -> "QuantLinear":
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                device=linear.weight.device, dtype=linear.weight.dtype)
+        q.load_state_dict(linear.state_dict())
+        q.wq, q.aq = wq, aq
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.aq is not None:
+            x = self.aq(x)
+        return F.linear(x, self.wq(self.weight), self.bias)

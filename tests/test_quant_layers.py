@@ -1,0 +1,85 @@
+"""Quantized layers keep float weights; INQ freezing; calibrated STE activations."""
+import pytest
+import torch
+from torch import nn
+
+from quantlab.quant.layers import (INQWeight, LSQActivation, LSQWeight, QuantConv2d, QuantLinear,
+                                   STEActivation, SymmetricWeight)
+from quantlab.quant.quantizers import inq_quantize
+
+
+def test_quantized_conv_keeps_the_float_weights_and_equals_a_conv_with_quantized_weights():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    q = QuantConv2d.from_float(conv, SymmetricWeight(4))
+    assert torch.equal(q.weight, conv.weight) and torch.equal(q.bias, conv.bias)
+    x = torch.randn(2, 3, 8, 8)
+    ref = nn.functional.conv2d(x, SymmetricWeight(4)(conv.weight), conv.bias, padding=1)
+    assert torch.allclose(q(x), ref)
+    assert len(torch.unique(SymmetricWeight(4)(q.weight).detach())) <= 15
+
+
+def test_quantized_linear_with_lsq_weights_and_activations_trains_the_steps():
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 3)
+    q = QuantLinear.from_float(lin, LSQWeight(lin.weight, 4), LSQActivation(4, signed=True))
+    assert torch.equal(q.weight, lin.weight)
+    q(torch.randn(5, 6)).sum().backward()
+    assert q.wq.step.grad is not None and q.aq.step.grad is not None
+    assert {"wq.step", "aq.step", "aq.initialised"} <= set(q.state_dict())
+
+
+def test_inq_frozen_fraction_follows_the_schedule_and_frozen_weights_never_change():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 8, 3)
+    inq = INQWeight(conv.weight, bits=2)
+    layer = QuantConv2d.from_float(conv, inq)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    previous = None
+    for fraction in (0.2, 0.4, 0.6, 0.8, 0.9, 1.0):
+        new = inq.freeze(layer.weight, fraction)
+        assert inq.fraction() == pytest.approx(fraction, abs=1 / conv.weight.numel())
+        # the newly frozen entries are the largest-magnitude trainable ones
+        if new.any() and (~inq.frozen()).any():
+            assert layer.weight.detach().abs()[new].min() >= layer.weight.detach().abs()[~inq.frozen()].max()
+        frozen_now = inq.weight_frozen.clone()
+        for _ in range(3):
+            opt.zero_grad()
+            layer(torch.randn(2, 4, 6, 6)).pow(2).sum().backward()
+            opt.step()
+        effective = inq(layer.weight).detach()
+        mask = inq.frozen()
+        assert torch.equal(effective[mask], frozen_now[mask])
+        if previous is not None:
+            assert torch.equal(frozen_now[previous], inq.weight_frozen[previous])
+        previous = mask.clone()
+    # fully frozen: every effective weight is one of the 3 ternary levels
+    s = inq.weight_s
+    effective = inq(layer.weight).detach()
+    distance = torch.stack([(effective - level).abs() for level in (-s, 0 * s, s)]).min(dim=0).values
+    assert distance.max() < 1e-6
+
+
+def test_inq_frozen_values_are_the_nearest_levels():
+    w = torch.tensor([[0.9, -0.1, 0.45, -0.8]])
+    inq = INQWeight(w, bits=2)
+    inq.freeze(w, 0.5)  # the two largest: 0.9 and -0.8
+    assert inq.frozen().tolist() == [[True, False, False, True]]
+    assert torch.equal(inq.weight_frozen[inq.frozen()], inq_quantize(w, inq.weight_s, 2)[inq.frozen()])
+
+
+def test_ste_activation_calibrates_then_quantizes_on_a_fixed_grid():
+    act = STEActivation(bits=2, signed=False)
+    x = torch.tensor([0.0, 0.5, 1.2, 3.0])
+    assert torch.equal(act(x), x)          # calibration passes values through
+    act(torch.tensor([1.0]))
+    assert float(act.range) == 3.0
+    act.end_calibration()
+    # unsigned 2 bits: 3 steps of 1.0 over [0, 3]; values above the range clip
+    assert act(torch.tensor([0.4, 0.6, 1.4, 2.6, 7.0])).tolist() == [0.0, 1.0, 1.0, 3.0, 3.0]
+    y = torch.tensor([0.4, 7.0], requires_grad=True)
+    act(y).sum().backward()
+    assert y.grad.tolist() == [1.0, 0.0]   # straight through inside, zero where clipped
+    restored = STEActivation(bits=2, signed=False)
+    restored.load_state_dict(act.state_dict())
+    assert not bool(restored.calibrating) and float(restored.range) == 3.0
