@@ -1,0 +1,100 @@
+"""Apply a quantization recipe to a float model by module-name patterns.
+
+A recipe is a list of rules; each names modules by a group (declared by the topology's
+quantize.py, e.g. `backbone`, `fpn`, `head`) or by a regex matched in full against the
+qualified module name, and gives the algorithm, bits and options. Rules apply in order (a
+later rule overrides an earlier one for the layers it matches); `exclude` patterns are
+never quantized. Only Conv2d and Linear layers are replaced; their float weights are kept.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+from quantlab.engine.errors import ConfigError
+from quantlab.quant.layers import (INQWeight, LSQActivation, LSQWeight, QuantConv2d, QuantLinear,
+                                   STEActivation, SymmetricWeight)
+
+ALGORITHMS = ("symmetric", "lsq", "inq")
+ACTIVATIONS = ("ste", "lsq")
+
+
+@dataclass
+class Rule:
+    modules: str                      # group name or regex
+    algorithm: str
+    bits: int
+    per_channel: bool = False
+    act_algorithm: str | None = None  # quantize the layer's input too
+    act_bits: int = 8
+    act_signed: bool = False
+
+    @classmethod
+    def from_config(cls, entry: dict, where: str) -> "Rule":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(entry) - known
+        if unknown:
+            raise ConfigError(f"{where}: unknown recipe key(s) {sorted(unknown)} (known: {sorted(known)})")
+        rule = cls(**entry)
+        if rule.algorithm not in ALGORITHMS:
+            raise ConfigError(f"{where}: algorithm {rule.algorithm!r} is not one of {ALGORITHMS}")
+        if rule.act_algorithm not in (None, *ACTIVATIONS):
+            raise ConfigError(f"{where}: act_algorithm {rule.act_algorithm!r} is not one of {ACTIVATIONS}")
+        low = 1 if rule.algorithm == "symmetric" else 2
+        if not low <= rule.bits <= 8:
+            raise ConfigError(f"{where}: {rule.algorithm} takes {low}-8 bits, got {rule.bits}")
+        return rule
+
+
+def pattern_of(name: str, groups: dict[str, str]) -> re.Pattern:
+    try:
+        return re.compile(groups.get(name, name))
+    except re.error as exc:
+        raise ConfigError(f"recipe pattern {name!r} is not a valid regex ({exc})")
+
+
+def quantizable(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)}
+
+
+def build_layer(layer: nn.Module, rule: Rule) -> nn.Module:
+    if rule.algorithm == "symmetric":
+        wq = SymmetricWeight(rule.bits, rule.per_channel)
+    elif rule.algorithm == "lsq":
+        wq = LSQWeight(layer.weight, rule.bits, rule.per_channel)
+    else:
+        wq = INQWeight(layer.weight, rule.bits)
+    aq = None
+    if rule.act_algorithm == "ste":
+        aq = STEActivation(rule.act_bits, rule.act_signed)
+    elif rule.act_algorithm == "lsq":
+        aq = LSQActivation(rule.act_bits, rule.act_signed)
+    cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
+    return cls.from_float(layer, wq, aq)
+
+
+def apply_recipe(model: nn.Module, rules: list[Rule], groups: dict[str, str],
+                 exclude: list[str] = ()) -> list[dict]:
+    """Replace the matched layers in place; return one report row per quantized layer."""
+    layers = quantizable(model)
+    excluded = [pattern_of(p, groups) for p in exclude]
+    chosen: dict[str, Rule] = {}
+    for rule in rules:
+        pattern = pattern_of(rule.modules, groups)
+        hits = [n for n in layers if pattern.fullmatch(n)]
+        if not hits:
+            raise ConfigError(f"recipe pattern {rule.modules!r} matches no Conv2d/Linear layer")
+        for name in hits:
+            if not any(p.fullmatch(name) for p in excluded):
+                chosen[name] = rule
+    report = []
+    for name, rule in chosen.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, build_layer(layers[name], rule))
+        report.append({"layer": name, "type": type(layers[name]).__name__, "algorithm": rule.algorithm,
+                       "bits": rule.bits, "act_algorithm": rule.act_algorithm,
+                       "act_bits": rule.act_bits if rule.act_algorithm else None})
+    return report

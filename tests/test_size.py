@@ -1,0 +1,22 @@
+"""Size and compression on a model whose numbers are worked out by hand."""
+import pytest
+from torch import nn
+
+from quantlab.metrics.size import size_report
+from quantlab.quant.editing import Rule, apply_recipe
+
+
+def test_size_and_compression_by_hand():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(10, 5, bias=False))
+    # float: conv 108 + 4, BN 4 + 4, linear 50 -> 170 parameters x 4 bytes = 680 bytes
+    assert size_report(model)["bytes"] == 680 and size_report(model)["compression"] == 1.0
+    apply_recipe(model, [Rule("0", "symmetric", 4), Rule("2", "lsq", 2)], {})
+    report = size_report(model)
+    # conv weight 108 x 4 bits = 54 B, bias 16 B; BN 32 B; linear 50 x 2 bits = 12.5 B
+    # plus the LSQ step (1 float) = 4 B
+    assert report["bytes"] == pytest.approx(54 + 16 + 32 + 12.5 + 4)
+    assert report["float_bytes"] == 680 + 4
+    assert report["compression"] == pytest.approx(684 / 118.5)
+    rows = {r["layer"]: r for r in report["layers"]}
+    assert rows["0"]["bits"] == 4 and rows["0"]["bytes"] == 70 and rows["2"]["bytes"] == 12.5
+    assert rows["2.wq"]["bytes"] == 4
