@@ -43,6 +43,27 @@ def storage_roots() -> tuple[Path, Path]:
         raise ConfigError(f"{path}: expected {{\"data\": ..., \"logs\": ...}} ({exc})")
 
 
+def resolve_init(spec, logs_root: Path, args: argparse.Namespace) -> Path | None:
+    """`quantize.init`: an experiment id (its best checkpoint) or a checkpoint file."""
+    from quantlab.engine.errors import ConfigError
+    if spec is None:
+        return None
+    path = (logs_root / args.problem / args.topology / f"exp{int(spec):04d}" / "saves" / "best.pt"
+            if isinstance(spec, int) or str(spec).isdigit() else Path(spec))
+    if not path.is_file():
+        raise ConfigError(f"quantize.init: {path} not found")
+    return path
+
+
+def size_table(report: dict) -> str:
+    rows = report["layers"]
+    size = report["size"]
+    algos = sorted({(r["algorithm"], r["bits"]) for r in rows})
+    summary = ", ".join(f"{sum(1 for r in rows if (r['algorithm'], r['bits']) == a)} x {a[0]} {a[1]}-bit" for a in algos)
+    return (f"quantized {len(rows)} layers ({summary}); weights {size['bytes'] / 2**20:.3f} MiB vs "
+            f"{size['float_bytes'] / 2**20:.3f} MiB float32: compression {size['compression']:.2f}x")
+
+
 def run(args: argparse.Namespace) -> int:
     from quantlab.engine import distributed as dist
     from quantlab.engine.config import apply_overrides, build_config
@@ -83,7 +104,11 @@ def run(args: argparse.Namespace) -> int:
     dist.barrier()
 
     device = dist.device_for(world, cfg["engine"]["device"])
-    trainer = Trainer(task, cfg, world, logbook, device)
+    init = resolve_init(cfg["quantize"]["init"], logs_root, args) if not resuming else None
+    trainer = Trainer(task, cfg, world, logbook, device, init)
+    if trainer.quant_report and world.is_main:
+        logbook.write_json("quant_report.json", trainer.quant_report)
+        print(size_table(trainer.quant_report), flush=True)
     try:
         if args.mode == "train":
             if resuming and (logbook.saves / "last.pt").is_file():

@@ -89,9 +89,13 @@ class Logbook:
         return folder
 
     def write_metrics(self, tag: str, metrics: dict[str, Any]) -> Path:
-        path = self.eval_dir(tag) / "metrics.json"
+        return self.write_json(Path("eval") / tag / "metrics.json", metrics)
+
+    def write_json(self, relative: str | Path, data: Any) -> Path:
+        path = self.root / relative
         if self.writer:
-            self._write_text(path, json.dumps(metrics, indent=2, sort_keys=True))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_text(path, json.dumps(data, indent=2, sort_keys=True))
         return path
 
     @staticmethod

@@ -19,6 +19,8 @@ Batch = dict[str, Any]
 class Task(ABC):
     #: key of the metric that selects the `best` checkpoint (higher is better)
     best_metric: str
+    #: module groups for quantization recipes, from the topology's quantize.py
+    groups: dict[str, str] = {}
 
     def __init__(self, cfg: dict, data_root: Path) -> None:
         self.cfg = cfg

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import resource
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +19,8 @@ from quantlab.engine.logbook import Logbook
 from quantlab.engine.meters import MeanMeter
 from quantlab.engine.optim import build_optimizer, build_schedule
 from quantlab.engine.task import Task, to_device
+from quantlab.metrics.size import size_report
+from quantlab.quant import qat
 
 FORMAT = "quantlab/1"
 
@@ -26,16 +29,25 @@ class Trainer:
     """Owns the model, optimizer and every stateful piece of one experiment."""
 
     def __init__(self, task: Task, cfg: dict, world: dist.World, logbook: Logbook,
-                 device: torch.device) -> None:
+                 device: torch.device, init: Path | None = None) -> None:
         self.task, self.cfg, self.world, self.logbook, self.device = task, cfg, world, logbook, device
         self.train_cfg = cfg["training"]
         torch.manual_seed(cfg["seed"] + world.rank)  # ranks differ until the broadcast
-        self.model = task.build_network().to(device)
+        self.model = task.build_network()
+        controllers: dict[str, Any] = {}
+        self.quant_report: dict | None = None
+        if qat.enabled(cfg["quantize"]):
+            if init is not None and world.is_main:
+                self._load_weights(init)  # the other ranks receive them in sync()
+            layers, controllers = qat.quantize_model(self.model, cfg["quantize"], task.groups)
+            self.quant_report = {"layers": layers, "size": size_report(self.model)}
+        self.model.to(device)
         base = build_optimizer(self.model.parameters(), self.train_cfg, world.size,
                                cfg["engine"]["lr_scaling"])
         self.optimizer = dist.distributed_optimizer(base, self.model)
         self.schedule = build_schedule(self.optimizer, self.train_cfg)
-        self.stateful: dict[str, Any] = {"schedule": self.schedule}
+        self.controllers = controllers
+        self.stateful: dict[str, Any] = {"schedule": self.schedule, **controllers}
         self.epoch = 0
         self.best: float | None = None
         self.tb = SummaryWriter(str(logbook.stats)) if world.is_main else None
@@ -85,6 +97,8 @@ class Trainer:
         for epoch in range(self.epoch, self.train_cfg["epochs"]):
             sampler.set_epoch(epoch)
             data.set_epoch(epoch)
+            for controller in self.controllers.values():
+                controller.on_epoch_start(epoch)
             start = time.perf_counter()
             terms = self._train_epoch(loader, epoch)
             seconds = time.perf_counter() - start
@@ -117,6 +131,8 @@ class Trainer:
                     self.optimizer.step()
             else:
                 self.optimizer.step()
+            for controller in self.controllers.values():
+                controller.after_step(self.optimizer)
             meter.update(terms, len(batch["index"]))
             if self.world.is_main:
                 bar.set_postfix(loss=f"{float(loss):.4f}")
@@ -195,15 +211,18 @@ class Trainer:
     def load_for_test(self, spec: str) -> str:
         """Load `last`/`best`/N/a path: our checkpoints or a public weights layout."""
         path = self.logbook.resolve(spec)
+        self._load_weights(path)
+        return str(path)
+
+    def _load_weights(self, path: Path) -> None:
         state = checkpoint.load(path)
         if state.get("format") == FORMAT:
             checkpoint.load_matching(self.model, state["model"], str(path))
-        else:
-            dropped = self.task.load_weights(self.model, state, str(path))
-            if dropped and self.world.is_main:
-                print(f"{path}: ignored {len(dropped)} keys the network derives or does not use "
-                      f"({', '.join(dropped[:4])}{', ...' if len(dropped) > 4 else ''})")
-        return str(path)
+            return
+        dropped = self.task.load_weights(self.model, state, str(path))
+        if dropped:
+            print(f"{path}: ignored {len(dropped)} keys the network derives or does not use "
+                  f"({', '.join(dropped[:4])}{', ...' if len(dropped) > 4 else ''})")
 
     def close(self) -> None:
         if self.tb is not None:

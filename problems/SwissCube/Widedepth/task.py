@@ -14,6 +14,7 @@ from problems.SwissCube.generator import MARKER, SPLIT_FILES, generate
 from problems.SwissCube.Widedepth.loss import WDRLoss
 from problems.SwissCube.Widedepth.network import PUBLIC_IGNORED_PREFIXES, Widedepth, unwrap_public_state
 from problems.SwissCube.Widedepth.postprocess import poses_from_outputs
+from problems.SwissCube.Widedepth.quantize import GROUPS
 from problems.SwissCube.Widedepth.preprocess import (Geometry, augmentation_matrix, normalize, targets,
                                                      warp)
 from quantlab.engine.checkpoint import load_matching
@@ -63,6 +64,7 @@ class WidedepthDataset(Dataset):
 
 class WidedepthTask(Task):
     best_metric = "ADI-0.1d/all"
+    groups = GROUPS
 
     def __init__(self, cfg: dict, data_root: Path) -> None:
         super().__init__(cfg, data_root)
