@@ -95,6 +95,9 @@ class SwissCube:
     def annotation(self, rel_path: str) -> tuple[np.ndarray, list[Instance]]:
         """Camera and instance poses of one image (masks not read)."""
         seq, _, key = self._locate(rel_path)
+        return self._annotation(seq, key)
+
+    def _annotation(self, seq: str, key: str) -> tuple[np.ndarray, list[Instance]]:
         gt, cams = self._scene(seq)
         instances = [Instance(int(a["obj_id"]), np.asarray(a["cam_R_m2c"], float).reshape(3, 3),
                               np.asarray(a["cam_t_m2c"], float).reshape(3), None, n)
@@ -103,8 +106,8 @@ class SwissCube:
 
     def load(self, rel_path: str, index: int) -> Sample:
         """Image (RGB), camera and instances with their visible masks."""
-        seq, im_id, _ = self._locate(rel_path)
-        K, instances = self.annotation(rel_path)
+        seq, im_id, key = self._locate(rel_path)
+        K, instances = self._annotation(seq, key)
         image = cv2.imread(str(self._require(self.root / rel_path)), cv2.IMREAD_COLOR)
         if image is None:
             raise DataError(f"{self.root / rel_path}: unreadable image")

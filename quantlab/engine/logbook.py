@@ -44,9 +44,6 @@ class Logbook:
                 folder.mkdir(parents=True, exist_ok=True)
             self._write_text(self.root / "config.yaml", dump(cfg))
 
-    def exists(self) -> bool:
-        return (self.root / "config.yaml").is_file()
-
     def load_config(self) -> Config:
         path = self.root / "config.yaml"
         if not path.is_file():

@@ -134,7 +134,22 @@ class LSQActivation(nn.Module):
         return Q.lsq(x, self.step, self.q_neg, self.q_pos)
 
 
-class QuantConv2d(nn.Conv2d):
+class _Quantized:
+    """What QuantConv2d and QuantLinear share: taking over the float layer's weights and
+    quantizers, and quantizing the input when an activation quantizer is set."""
+
+    wq: nn.Module
+    aq: nn.Module | None
+
+    def _take_over(self, layer: nn.Module, wq: nn.Module, aq: nn.Module | None) -> None:
+        self.load_state_dict(layer.state_dict())
+        self.wq, self.aq = wq, aq
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.aq is None else self.aq(x)
+
+
+class QuantConv2d(_Quantized, nn.Conv2d):
     """Conv2d with weight (and optional input) quantization; weights come from `conv`."""
 
     @classmethod
@@ -142,28 +157,22 @@ class QuantConv2d(nn.Conv2d):
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                 conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
                 device=conv.weight.device, dtype=conv.weight.dtype)
-        q.load_state_dict(conv.state_dict())
-        q.wq, q.aq = wq, aq
+        q._take_over(conv, wq, aq)
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.aq is not None:
-            x = self.aq(x)
-        return self._conv_forward(x, self.wq(self.weight), self.bias)
+        return self._conv_forward(self._input(x), self.wq(self.weight), self.bias)
 
 
-class QuantLinear(nn.Linear):
+class QuantLinear(_Quantized, nn.Linear):
     """Linear with weight (and optional input) quantization; weights come from `linear`."""
 
     @classmethod
     def from_float(cls, linear: nn.Linear, wq: nn.Module, aq: nn.Module | None = None) -> "QuantLinear":
         q = cls(linear.in_features, linear.out_features, linear.bias is not None,
                 device=linear.weight.device, dtype=linear.weight.dtype)
-        q.load_state_dict(linear.state_dict())
-        q.wq, q.aq = wq, aq
+        q._take_over(linear, wq, aq)
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.aq is not None:
-            x = self.aq(x)
-        return F.linear(x, self.wq(self.weight), self.bias)
+        return F.linear(self._input(x), self.wq(self.weight), self.bias)
