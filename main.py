@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             source = trainer.load_for_test(args.ckpt) if world.is_main else None
             trainer.sync()
+            trainer.calibrate()
             name = Path(args.ckpt).stem if not args.ckpt.isdigit() else f"epoch_{int(args.ckpt):04d}"
             split = cfg["engine"]["eval_split"]
             if world.is_main:

@@ -153,19 +153,26 @@ def test_unknown_key_on_the_command_line_is_one_clear_line(storage):
 
 def test_qat_from_a_float_experiment_freezes_the_fpn_and_test_mode_evaluates_it(storage):
     assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
-    qat = ["quantize.init=0", "quantize.rules=[{modules: fpn, algorithm: inq, bits: 2}]",
+    qat = ["quantize.init=0",
+           "quantize.rules=[{modules: fpn, algorithm: inq, bits: 2}, "
+           "{modules: head, algorithm: lsq, bits: 4, act_algorithm: ste, act_bits: 8}]",
            "quantize.inq_schedule={0: 0.5, 1: 1.0}", "training.lr=0.0"]
     out = run(main_cmd("--mode", "train", sets=qat), storage, ranks=2)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "compression" in out.stdout
     exp = exp_dir(storage, 1)
     report = json.loads((exp / "quant_report.json").read_text())
-    assert {r["layer"].split(".")[0] for r in report["layers"]} == {"fpn"}
+    assert {r["layer"].split(".")[0] for r in report["layers"]} == {"fpn", "head"}
     assert report["size"]["compression"] > 1
     state = load(exp / "saves" / "last.pt")
     frozen = {k: v for k, v in state["model"].items() if k.endswith("wq.weight_frozen")}
     assert frozen and all(not torch.isnan(v).any() for v in frozen.values())  # fully frozen at epoch 2
     assert state["stateful"]["inq"] == {"fraction": 1.0}
+    # activation ranges were calibrated on each rank's own batches, then combined: the
+    # digest check before every checkpoint fails if the ranks fixed different ranges
+    ranges = {k: v for k, v in state["model"].items() if k.endswith("aq.range")}
+    assert ranges and all(float(v) > 0 for v in ranges.values())
+    assert not any(bool(v) for k, v in state["model"].items() if k.endswith("aq.calibrating"))
     # lr 0: every float weight is still experiment 0's, on both ranks (init loaded on rank 0,
     # then broadcast); ranks start from different random weights, so this fails without it
     float_state = load(exp_dir(storage, 0) / "saves" / "best.pt")["model"]

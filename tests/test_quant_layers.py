@@ -24,9 +24,25 @@ def test_quantized_linear_with_lsq_weights_and_activations_trains_the_steps():
     lin = nn.Linear(6, 3)
     q = QuantLinear.from_float(lin, LSQWeight(lin.weight, 4), LSQActivation(4, signed=True))
     assert torch.equal(q.weight, lin.weight)
-    q(torch.randn(5, 6)).sum().backward()
+    x = torch.randn(5, 6)
+    q(x)
+    q.aq.end_calibration(q.aq.calibration_statistic())
+    q(x).sum().backward()
     assert q.wq.step.grad is not None and q.aq.step.grad is not None
-    assert {"wq.step", "aq.step", "aq.initialised"} <= set(q.state_dict())
+    assert {"wq.step", "aq.step", "aq.calibrating"} <= set(q.state_dict())
+
+
+def test_lsq_activation_step_starts_at_twice_the_mean_abs_over_sqrt_qp():
+    act = LSQActivation(bits=3, signed=False)  # Q_P = 7
+    a, b = torch.tensor([1.0, -3.0]), torch.tensor([2.0, 2.0, 8.0, 0.0])
+    assert torch.equal(act(a), a) and torch.equal(act(b), b)   # calibration passes through
+    # mean|x| per batch: 2 and 3 -> 2.5; step = 2 * 2.5 / sqrt(7)
+    assert float(act.calibration_statistic()) == pytest.approx(2.5)
+    act.end_calibration(act.calibration_statistic())
+    step = 5.0 / 7 ** 0.5
+    assert float(act.step) == pytest.approx(step)
+    out = act(torch.tensor([0.4 * step, 0.6 * step, -1.0, 100.0]))
+    assert out.tolist() == pytest.approx([0.0, step, 0.0, 7 * step])
 
 
 def test_inq_frozen_fraction_follows_the_schedule_and_frozen_weights_never_change():
@@ -74,7 +90,7 @@ def test_ste_activation_calibrates_then_quantizes_on_a_fixed_grid():
     assert torch.equal(act(x), x)          # calibration passes values through
     act(torch.tensor([1.0]))
     assert float(act.range) == 3.0
-    act.end_calibration()
+    act.end_calibration(act.calibration_statistic())
     # unsigned 2 bits: 3 steps of 1.0 over [0, 3]; values above the range clip
     assert act(torch.tensor([0.4, 0.6, 1.4, 2.6, 7.0])).tolist() == [0.0, 1.0, 1.0, 3.0, 3.0]
     y = torch.tensor([0.4, 7.0], requires_grad=True)

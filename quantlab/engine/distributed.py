@@ -97,6 +97,12 @@ def allreduce_mean(values: dict[str, float], name: str) -> dict[str, float]:
     return dict(zip(keys, reduced.tolist()))
 
 
+def allreduce_statistic(value: torch.Tensor, reduction: str, name: str) -> torch.Tensor:
+    """Combine a calibration statistic over ranks: "max" or "mean"."""
+    ops = {"max": hvd.Max, "mean": hvd.Average}
+    return hvd.allreduce(value.detach(), op=ops[reduction], name=name)
+
+
 def shard(indices: Sequence[int], world: World) -> list[int]:
     """This rank's share of an evaluation set: every index exactly once over all ranks."""
     return list(indices[world.rank::world.size])

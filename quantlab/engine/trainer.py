@@ -1,6 +1,7 @@
 """The Horovod trainer: data-parallel epochs, evaluation, checkpoints, resume, TensorBoard."""
 from __future__ import annotations
 
+import itertools
 import math
 import resource
 import time
@@ -20,7 +21,7 @@ from quantlab.engine.meters import MeanMeter
 from quantlab.engine.optim import build_optimizer, build_schedule
 from quantlab.engine.task import Task, to_device
 from quantlab.metrics.size import size_report
-from quantlab.quant import qat
+from quantlab.quant import calibration, qat
 
 FORMAT = "quantlab/1"
 
@@ -85,14 +86,34 @@ class Trainer:
             self.restore(checkpoint.load(path), str(path))
 
     # training ------------------------------------------------------------------------------
-    def fit(self) -> dict[str, float] | None:
-        self.sync()
+    def _train_loader(self) -> tuple[Any, DistributedSampler, DataLoader]:
         data = self.task.dataset("train", train=True)
         sampler = DistributedSampler(data, num_replicas=self.world.size, rank=self.world.rank,
                                      shuffle=True, seed=self.cfg["seed"], drop_last=True)
         loader = DataLoader(data, batch_size=self.train_cfg["batch_size"], sampler=sampler,
                             collate_fn=self.task.collate, num_workers=self.cfg["engine"]["workers"],
                             drop_last=True)
+        return data, sampler, loader
+
+    def calibrate(self) -> None:
+        """Fix the ranges of activation quantizers still calibrating, from the first
+        `quantize.calibration_batches` training batches of every rank (ranks combine)."""
+        if not calibration.pending(self.model):
+            return
+        data, sampler, loader = self._train_loader()
+        sampler.set_epoch(self.epoch)
+        data.set_epoch(self.epoch)
+        count = self.cfg["quantize"]["calibration_batches"]
+        batches = (to_device(b, self.device) for b in itertools.islice(loader, count))
+        quantizers = len(calibration.pending(self.model))
+        used = calibration.calibrate(self.model, batches, self.task.forward, dist.allreduce_statistic)
+        if self.world.is_main:
+            print(f"calibrated {quantizers} activation quantizers on {used} batches per rank", flush=True)
+
+    def fit(self) -> dict[str, float] | None:
+        self.sync()
+        self.calibrate()
+        data, sampler, loader = self._train_loader()
         metrics = None
         for epoch in range(self.epoch, self.train_cfg["epochs"]):
             sampler.set_epoch(epoch)

@@ -88,49 +88,94 @@ class INQWeight(nn.Module):
         return torch.where(self.frozen(), self.weight_frozen, w)
 
 
-class STEActivation(nn.Module):
-    """Activations on a uniform grid whose range is calibrated, then fixed.
+class _CalibratedActivation(nn.Module):
+    """An activation quantizer whose range comes from a calibration pass.
 
-    While `calibrating` is on, the running max|x| is recorded and x passes unchanged;
-    afterwards x is clipped to the range and rounded with a straight-through gradient.
-    Unsigned inputs (after ReLU) use [0, max] with 2^b - 1 steps, signed ones [-max, max].
+    While `calibrating` is on, forward records a statistic of its input and passes the
+    input unchanged. `calibration_statistic()` returns it and `reduction` says how ranks
+    combine it ("max" or "mean"); `end_calibration(value)` fixes the range from the combined
+    value. The flag and the range are buffers, so a checkpoint resumes after calibration.
     """
+
+    reduction: str
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calibrating", torch.ones(1, dtype=torch.uint8))  # uint8: Horovod broadcasts no bool
+
+    def calibration_statistic(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def end_calibration(self, value: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+class STEActivation(_CalibratedActivation):
+    """Activations on a uniform grid whose range is calibrated (max|x|), then fixed.
+
+    After calibration x is clipped to the range and rounded with a straight-through
+    gradient. Unsigned inputs (after ReLU) use [0, max] with 2^b - 1 steps, signed ones
+    [-max, max] with 2^(b-1) - 1 steps on each side.
+    """
+
+    reduction = "max"
 
     def __init__(self, bits: int, signed: bool) -> None:
         super().__init__()
         self.bits, self.signed = bits, signed
         self.register_buffer("range", torch.zeros(1))
-        self.register_buffer("calibrating", torch.ones(1, dtype=torch.bool))
 
-    def end_calibration(self) -> None:
-        if float(self.range) <= 0:
+    @property
+    def levels(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2 ** self.bits - 1
+
+    def calibration_statistic(self) -> torch.Tensor:
+        return self.range.clone()
+
+    def end_calibration(self, value: torch.Tensor) -> None:
+        if float(value) <= 0:
             raise RuntimeError("STEActivation: calibration saw no non-zero input")
-        self.calibrating.fill_(False)
+        self.range.copy_(value.reshape(1))
+        self.calibrating.fill_(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if bool(self.calibrating):
             self.range.copy_(torch.maximum(self.range, x.detach().abs().max().reshape(1)))
             return x
-        levels = 2 ** (self.bits - 1) - 1 if self.signed else 2 ** self.bits - 1
-        scale = self.range / levels
+        scale = self.range / self.levels
         low = -self.range if self.signed else torch.zeros_like(self.range)
         return Q.round_ste(torch.clamp(x, low, self.range) / scale) * scale
 
 
-class LSQActivation(nn.Module):
-    """LSQ activations: the step is initialised from the first batch it sees."""
+class LSQActivation(_CalibratedActivation):
+    """LSQ activations: the step starts at 2 mean|x| / sqrt(Q_P) over the calibration
+    batches (the LSQ paper uses the first batch: one calibration batch), then is learned."""
+
+    reduction = "mean"
 
     def __init__(self, bits: int, signed: bool) -> None:
         super().__init__()
+        self.bits, self.signed = bits, signed
         self.q_neg, self.q_pos = Q.lsq_range(bits, signed)
         self.step = nn.Parameter(torch.zeros(1))
-        self.register_buffer("initialised", torch.zeros(1, dtype=torch.bool))
+        self.register_buffer("abs_mean_sum", torch.zeros(1))
+        self.register_buffer("batches", torch.zeros(1))
+
+    def calibration_statistic(self) -> torch.Tensor:
+        return self.abs_mean_sum / self.batches.clamp_min(1)
+
+    def end_calibration(self, value: torch.Tensor) -> None:
+        if float(value) <= 0:
+            raise RuntimeError("LSQActivation: calibration saw no non-zero input")
+        with torch.no_grad():
+            self.step.copy_((2 * value / self.q_pos ** 0.5).reshape(1))
+        self.calibrating.fill_(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not bool(self.initialised):
-            with torch.no_grad():
-                self.step.copy_(Q.lsq_init_step(x, self.q_pos).reshape(1))
-                self.initialised.fill_(True)
+        if bool(self.calibrating):
+            self.abs_mean_sum.add_(x.detach().abs().mean())
+            self.batches.add_(1)
+            return x
         return Q.lsq(x, self.step, self.q_neg, self.q_pos)
 
 

@@ -2,7 +2,9 @@
 
     quantize:
       init: null            # float checkpoint to start from: an experiment id or a file
-      rules: []             # recipe entries: {modules, algorithm, bits, per_channel}
+      rules: []             # recipe entries: {modules, algorithm, bits, per_channel,
+                            #                  act_algorithm, act_bits, act_signed}
+      calibration_batches   # batches per rank that fix activation ranges before training
       exclude: []           # patterns never quantized (e.g. first / last layers)
       inq_schedule: {}      # {epoch: fraction frozen} for INQ layers
 """
@@ -22,9 +24,6 @@ def enabled(qcfg: dict) -> bool:
 def quantize_model(model: nn.Module, qcfg: dict, groups: dict[str, str]) -> tuple[list[dict], dict]:
     """Edit `model` in place; return the per-layer report and the controllers to register."""
     rules = [Rule.from_config(entry, f"quantize.rules[{i}]") for i, entry in enumerate(qcfg["rules"])]
-    if any(r.act_algorithm for r in rules):
-        raise ConfigError("quantize.rules: activation quantization is not wired into training yet "
-                          "(act_algorithm must be null)")
     report = apply_recipe(model, rules, groups, qcfg["exclude"])
     controllers = {}
     if any(r.algorithm == "inq" for r in rules):
