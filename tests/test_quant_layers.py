@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from quantlab.quant.layers import (INQWeight, LSQActivation, LSQWeight, QuantConv2d, QuantLinear,
-                                   STEActivation, SymmetricWeight)
+                                   QuantMultiheadAttention, STEActivation, SymmetricWeight)
 from quantlab.quant.quantizers import inq_quantize
 
 
@@ -40,7 +40,7 @@ def test_lsq_activation_step_starts_at_twice_the_mean_abs_over_sqrt_qp():
     assert float(act.calibration_statistic()) == pytest.approx(2.5)
     act.end_calibration(act.calibration_statistic())
     step = 5.0 / 7 ** 0.5
-    assert float(act.step) == pytest.approx(step)
+    assert float(act.step.detach()) == pytest.approx(step)
     out = act(torch.tensor([0.4 * step, 0.6 * step, -1.0, 100.0]))
     assert out.tolist() == pytest.approx([0.0, step, 0.0, 7 * step])
 
@@ -99,3 +99,38 @@ def test_ste_activation_calibrates_then_quantizes_on_a_fixed_grid():
     restored = STEActivation(bits=2, signed=False)
     restored.load_state_dict(act.state_dict())
     assert not bool(restored.calibrating) and float(restored.range) == 3.0
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_quantized_attention_equals_float_attention_with_quantized_projections(batch_first):
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2, batch_first=batch_first).eval()
+    q = QuantMultiheadAttention.from_float(mha, SymmetricWeight(4), SymmetricWeight(3)).eval()
+    assert torch.equal(q.in_proj_weight, mha.in_proj_weight) and torch.equal(q.out_proj.weight, mha.out_proj.weight)
+    reference = nn.MultiheadAttention(8, 2, batch_first=batch_first).eval()
+    reference.load_state_dict(mha.state_dict())
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(SymmetricWeight(4)(mha.in_proj_weight))
+        reference.out_proj.weight.copy_(SymmetricWeight(3)(mha.out_proj.weight))
+    shape = (2, 5, 8) if batch_first else (5, 2, 8)
+    x, memory = torch.randn(shape), torch.randn((2, 7, 8) if batch_first else (7, 2, 8))
+    padding = torch.zeros(2, 7, dtype=torch.bool)
+    padding[1, 5:] = True
+    with torch.no_grad():
+        out, weights = q(x, memory, memory, key_padding_mask=padding)
+        ref_out, ref_weights = reference(x, memory, memory, key_padding_mask=padding)
+    assert torch.allclose(out, ref_out, atol=1e-6) and torch.allclose(weights, ref_weights, atol=1e-6)
+    assert weights[1, :, 5:].abs().max() == 0  # padded keys get no attention
+    # and the quantization really changes the output
+    assert not torch.allclose(out, mha(x, memory, memory, key_padding_mask=padding)[0], atol=1e-4)
+
+
+def test_inq_freezes_the_packed_attention_projection():
+    from quantlab.quant.controllers import INQController
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2)
+    model = nn.Sequential()
+    model.add_module("attn", QuantMultiheadAttention.from_float(mha, INQWeight(mha.in_proj_weight, 3),
+                                                                 INQWeight(mha.out_proj.weight, 3)))
+    INQController(model, {0: 0.5}).on_epoch_start(0)
+    assert model.attn.wq.fraction() == 0.5 and model.attn.out_proj.wq.fraction() == 0.5

@@ -20,3 +20,15 @@ def test_size_and_compression_by_hand():
     rows = {r["layer"]: r for r in report["layers"]}
     assert rows["0"]["bits"] == 4 and rows["0"]["bytes"] == 70 and rows["2"]["bytes"] == 12.5
     assert rows["2.wq"]["bytes"] == 4
+
+
+def test_attention_projections_are_counted_at_their_bits():
+    model = nn.Sequential(nn.MultiheadAttention(8, 2))
+    assert size_report(model)["bytes"] == (3 * 8 * 8 + 3 * 8 + 8 * 8 + 8) * 4
+    report = apply_recipe(model, [Rule("0", "symmetric", 4)], {})
+    assert [(r["layer"], r["type"]) for r in report] == [("0", "MultiheadAttention")]
+    size = size_report(model)
+    # in_proj 192 x 4 bits = 96 B + bias 24 x 4 B; out_proj 64 x 4 bits = 32 B + bias 8 x 4 B
+    assert size["bytes"] == 96 + 96 + 32 + 32
+    rows = {r["layer"]: r for r in size["layers"]}
+    assert rows["0"]["bits"] == 4 and rows["0.out_proj"]["bits"] == 4

@@ -1,7 +1,7 @@
 """Model size at the assigned bit-widths and the compression ratio against float32.
 
-Size = sum over parameters of (#elements x bits): a quantized layer's `weight` at its
-weight bits, every other parameter (biases, norms, LSQ steps) at 32 bits. Buffers
+Size = sum over parameters of (#elements x bits): a quantized layer's weight (`weight`,
+or `in_proj_weight` for attention) at its weight bits, every other parameter (biases, norms, LSQ steps) at 32 bits. Buffers
 (running statistics, INQ bookkeeping) are not counted: they are not weights.
 """
 from __future__ import annotations
@@ -31,7 +31,8 @@ def size_report(model: nn.Module) -> dict:
             if id(p) in seen:
                 continue
             seen.add(id(p))
-            bits = bits_w if (pname == "weight" and bits_w is not None) else 32
+            quantized = bits_w is not None and pname == getattr(module, "weight_name", "weight")
+            bits = bits_w if quantized else 32
             layer_bits += p.numel() * bits
             layer_float += p.numel() * 32
         rows.append({"layer": name, "bits": bits_w or 32, "bytes": layer_bits / 8, "float_bytes": layer_float / 8})

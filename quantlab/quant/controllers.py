@@ -29,14 +29,14 @@ class INQController:
         target = max(due, default=0.0)
         if target > self.fraction:
             for layer in self.layers:
-                layer.wq.freeze(layer.weight, target)
+                layer.wq.freeze(layer.float_weight(), target)
             self.fraction = target
 
     @torch.no_grad()
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
         for layer in self.layers:
             frozen = layer.wq.frozen()
-            for value in optimizer.state.get(layer.weight, {}).values():
+            for value in optimizer.state.get(layer.float_weight(), {}).values():
                 if isinstance(value, torch.Tensor) and value.shape == frozen.shape:
                     value[frozen] = 0
 

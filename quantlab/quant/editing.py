@@ -4,7 +4,8 @@ A recipe is a list of rules; each names modules by a group (declared by the topo
 quantize.py, e.g. `backbone`, `fpn`, `head`) or by a regex matched in full against the
 qualified module name, and gives the algorithm, bits and options. Rules apply in order (a
 later rule overrides an earlier one for the layers it matches); `exclude` patterns are
-never quantized. Only Conv2d and Linear layers are replaced; their float weights are kept.
+never quantized. Conv2d, Linear and MultiheadAttention layers (both projections) are
+replaced; their float weights are kept.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from quantlab.engine.errors import ConfigError
 from quantlab.quant.layers import (INQWeight, LSQActivation, LSQWeight, QuantConv2d, QuantLinear,
-                                   STEActivation, SymmetricWeight)
+                                   QuantMultiheadAttention, STEActivation, SymmetricWeight)
 
 ALGORITHMS = ("symmetric", "lsq", "inq")
 ACTIVATIONS = ("ste", "lsq")
@@ -55,24 +56,33 @@ def pattern_of(name: str, groups: dict[str, str]) -> re.Pattern:
         raise ConfigError(f"recipe pattern {name!r} is not a valid regex ({exc})")
 
 
+QUANTIZABLE = (nn.Conv2d, nn.Linear, nn.MultiheadAttention)
+
+
 def quantizable(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)}
+    """Float layers a rule can match (exact types: an attention's out_proj goes with it)."""
+    return {n: m for n, m in model.named_modules() if type(m) in QUANTIZABLE}
+
+
+def weight_quantizer(weight: nn.Parameter, rule: Rule) -> nn.Module:
+    if rule.algorithm == "symmetric":
+        return SymmetricWeight(rule.bits, rule.per_channel)
+    if rule.algorithm == "lsq":
+        return LSQWeight(weight, rule.bits, rule.per_channel)
+    return INQWeight(weight, rule.bits)
 
 
 def build_layer(layer: nn.Module, rule: Rule) -> nn.Module:
-    if rule.algorithm == "symmetric":
-        wq = SymmetricWeight(rule.bits, rule.per_channel)
-    elif rule.algorithm == "lsq":
-        wq = LSQWeight(layer.weight, rule.bits, rule.per_channel)
-    else:
-        wq = INQWeight(layer.weight, rule.bits)
     aq = None
     if rule.act_algorithm == "ste":
         aq = STEActivation(rule.act_bits, rule.act_signed)
     elif rule.act_algorithm == "lsq":
         aq = LSQActivation(rule.act_bits, rule.act_signed)
+    if isinstance(layer, nn.MultiheadAttention):
+        return QuantMultiheadAttention.from_float(layer, weight_quantizer(layer.in_proj_weight, rule),
+                                                  weight_quantizer(layer.out_proj.weight, rule), aq)
     cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
-    return cls.from_float(layer, wq, aq)
+    return cls.from_float(layer, weight_quantizer(layer.weight, rule), aq)
 
 
 def apply_recipe(model: nn.Module, rules: list[Rule], groups: dict[str, str],
@@ -85,7 +95,8 @@ def apply_recipe(model: nn.Module, rules: list[Rule], groups: dict[str, str],
         pattern = pattern_of(rule.modules, groups)
         hits = [n for n in layers if pattern.fullmatch(n)]
         if not hits:
-            raise ConfigError(f"recipe pattern {rule.modules!r} matches no Conv2d/Linear layer")
+            raise ConfigError(f"recipe pattern {rule.modules!r} matches no Conv2d/Linear/"
+                              "MultiheadAttention layer")
         for name in hits:
             if not any(p.fullmatch(name) for p in excluded):
                 chosen[name] = rule

@@ -180,11 +180,17 @@ class LSQActivation(_CalibratedActivation):
 
 
 class _Quantized:
-    """What QuantConv2d and QuantLinear share: taking over the float layer's weights and
-    quantizers, and quantizing the input when an activation quantizer is set."""
+    """What the quantized layers share: taking over the float layer's weights and
+    quantizers, and quantizing the input when an activation quantizer is set.
 
+    `weight_name` names the parameter `wq` quantizes (size accounting, INQ, export)."""
+
+    weight_name = "weight"
     wq: nn.Module
     aq: nn.Module | None
+
+    def float_weight(self) -> nn.Parameter:
+        return getattr(self, self.weight_name)
 
     def _take_over(self, layer: nn.Module, wq: nn.Module, aq: nn.Module | None) -> None:
         self.load_state_dict(layer.state_dict())
@@ -221,3 +227,42 @@ class QuantLinear(_Quantized, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self._input(x), self.wq(self.weight), self.bias)
+
+
+class QuantMultiheadAttention(_Quantized, nn.MultiheadAttention):
+    """nn.MultiheadAttention with quantized projections (DETR's attention layers).
+
+    `wq` quantizes the packed q/k/v input projection, `out_proj` becomes a QuantLinear
+    with its own weight quantizer, and `aq` (optional) quantizes query, key and value
+    before the projection. The attention products themselves stay in float.
+    """
+
+    weight_name = "in_proj_weight"
+
+    @classmethod
+    def from_float(cls, mha: nn.MultiheadAttention, wq: nn.Module, wq_out: nn.Module,
+                   aq: nn.Module | None = None) -> "QuantMultiheadAttention":
+        if not mha._qkv_same_embed_dim or mha.bias_k is not None:
+            raise ValueError("only attention with a packed in_proj_weight and no bias_k/bias_v "
+                             "is quantizable")
+        q = cls(mha.embed_dim, mha.num_heads, mha.dropout, mha.in_proj_bias is not None,
+                add_zero_attn=mha.add_zero_attn, batch_first=mha.batch_first,
+                device=mha.in_proj_weight.device, dtype=mha.in_proj_weight.dtype)
+        q._take_over(mha, wq, aq)
+        q.out_proj = QuantLinear.from_float(mha.out_proj, wq_out)
+        return q
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
+                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        query, key, value = self._input(query), self._input(key), self._input(value)
+        if self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        out, weights = F.multi_head_attention_forward(
+            query, key, value, self.embed_dim, self.num_heads, self.wq(self.in_proj_weight),
+            self.in_proj_bias, None, None, self.add_zero_attn, self.dropout,
+            self.out_proj.wq(self.out_proj.weight), self.out_proj.bias, training=self.training,
+            key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights, is_causal=is_causal)
+        return (out.transpose(0, 1) if self.batch_first else out), weights
