@@ -56,12 +56,22 @@ def resolve_init(spec, logs_root: Path, args: argparse.Namespace) -> Path | None
 
 
 def size_table(report: dict) -> str:
-    rows = report["layers"]
-    size = report["size"]
+    rows, size, cost = report["layers"], report["size"], report["cost"]
     algos = sorted({(r["algorithm"], r["bits"]) for r in rows})
     summary = ", ".join(f"{sum(1 for r in rows if (r['algorithm'], r['bits']) == a)} x {a[0]} {a[1]}-bit" for a in algos)
-    return (f"quantized {len(rows)} layers ({summary}); weights {size['bytes'] / 2**20:.3f} MiB vs "
-            f"{size['float_bytes'] / 2**20:.3f} MiB float32: compression {size['compression']:.2f}x")
+    return (f"quantized {len(rows)} layers ({summary})\n"
+            f"  weights {size['bytes'] / 2**20:.3f} MiB vs {size['float_bytes'] / 2**20:.3f} MiB float32: "
+            f"compression {size['compression']:.2f}x\n"
+            f"  compute {cost['macs'] / 1e9:.3f} GMACs: {cost['bops'] / 1e9:.1f} GBOPs vs "
+            f"{cost['float_bops'] / 1e9:.1f} float (32 x 32 bits): {cost['bops_reduction']:.2f}x fewer")
+
+
+def report_quantization(trainer, logbook, is_main: bool) -> None:
+    """Print the size / BOPs summary and write quant_report.json (quantized models only)."""
+    report = trainer.quant_report() if is_main else None
+    if report is not None:
+        logbook.write_json("quant_report.json", report)
+        print(size_table(report), flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,11 +116,9 @@ def run(args: argparse.Namespace) -> int:
     device = dist.device_for(world, cfg["engine"]["device"])
     init = resolve_init(cfg["quantize"]["init"], logs_root, args) if not resuming else None
     trainer = Trainer(task, cfg, world, logbook, device, init)
-    if trainer.quant_report and world.is_main:
-        logbook.write_json("quant_report.json", trainer.quant_report)
-        print(size_table(trainer.quant_report), flush=True)
     try:
         if args.mode == "train":
+            report_quantization(trainer, logbook, world.is_main)
             if resuming and (logbook.saves / "last.pt").is_file():
                 trainer.resume()
             trainer.fit()
@@ -118,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             source = trainer.load_for_test(args.ckpt) if world.is_main else None
             trainer.sync()
             trainer.calibrate()
+            report_quantization(trainer, logbook, world.is_main)
             name = Path(args.ckpt).stem if not args.ckpt.isdigit() else f"epoch_{int(args.ckpt):04d}"
             split = cfg["engine"]["eval_split"]
             if world.is_main:

@@ -164,6 +164,11 @@ def test_qat_from_a_float_experiment_freezes_the_fpn_and_test_mode_evaluates_it(
     report = json.loads((exp / "quant_report.json").read_text())
     assert {r["layer"].split(".")[0] for r in report["layers"]} == {"fpn", "head"}
     assert report["size"]["compression"] > 1
+    # head: 4-bit weights on 8-bit inputs, FPN: 2-bit weights on float inputs
+    rows = {r["layer"]: r for r in report["cost"]["layers"]}
+    assert rows["head.cls_logits"]["weight_bits"] == 4 and rows["head.cls_logits"]["act_bits"] == 8
+    assert {r["weight_bits"] for k, r in rows.items() if k.startswith("fpn.")} == {2}
+    assert rows["backbone.features.init_block.conv"]["bops"] == rows["backbone.features.init_block.conv"]["macs"] * 1024
     state = load(exp / "saves" / "last.pt")
     frozen = {k: v for k, v in state["model"].items() if k.endswith("wq.weight_frozen")}
     assert frozen and all(not torch.isnan(v).any() for v in frozen.values())  # fully frozen at epoch 2

@@ -1,5 +1,6 @@
 """Size and compression on a model whose numbers are worked out by hand."""
 import pytest
+import torch
 from torch import nn
 
 from quantlab.metrics.size import size_report
@@ -32,3 +33,30 @@ def test_attention_projections_are_counted_at_their_bits():
     assert size["bytes"] == 96 + 96 + 32 + 32
     rows = {r["layer"]: r for r in size["layers"]}
     assert rows["0"]["bits"] == 4 and rows["0.out_proj"]["bits"] == 4
+
+
+def test_bops_by_hand_follow_traced_shapes_and_bits():
+    from quantlab.metrics.cost import cost_report
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 3 * 3, 5))
+    run = lambda m: m(torch.zeros(1, 3, 7, 7))
+    # conv: output 4 x 3 x 3 = 36 values x 27 MACs = 972; linear: 5 x 36 = 180
+    report = cost_report(model, run)
+    assert [r["macs"] for r in report["layers"]] == [972, 180]
+    assert report["bops"] == report["float_bops"] == (972 + 180) * 32 * 32
+    apply_recipe(model, [Rule("0", "lsq", 4), Rule("3", "symmetric", 2, act_algorithm="ste", act_bits=8)], {})
+    report = cost_report(model, run)
+    assert report["bops"] == 972 * 4 * 32 + 180 * 2 * 8
+    assert report["bops_reduction"] == pytest.approx((972 + 180) * 1024 / (972 * 128 + 180 * 16))
+
+
+def test_attention_bops_count_projections_and_products_apart():
+    from quantlab.metrics.cost import cost_report
+    model = nn.Sequential()
+    model.add_module("attn", nn.MultiheadAttention(8, 2))
+    run = lambda m: m.attn(torch.zeros(5, 1, 8), torch.zeros(7, 1, 8), torch.zeros(7, 1, 8))
+    apply_recipe(model, [Rule("attn", "symmetric", 4)], {})
+    report = cost_report(model, run)
+    # q: 5 x 8 x 8, k and v: 7 x 8 x 8 each -> 1216; out: 5 x 64 = 320; q.k and a.v: 2 x 5 x 7 x 8
+    assert [r["macs"] for r in report["layers"]] == [1216, 320]
+    assert report["attention_macs"] == 560
+    assert report["bops"] == (1216 + 320) * 4 * 32 + 560 * 32 * 32

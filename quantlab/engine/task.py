@@ -69,6 +69,11 @@ class Task(ABC):
     def evaluate(self, predictions: list[dict], dataset: Dataset) -> dict[str, float]:
         """Metrics of the predictions over the whole split (flat dict of numbers)."""
 
+    def example_batch(self) -> Batch:
+        """One evaluation sample as a batch: traces the compute cost (BOPs) of the network."""
+        data = self.dataset(self.cfg["engine"]["eval_split"], train=False)
+        return self.collate([data[0]])
+
     @abstractmethod
     def report(self, metrics: dict[str, float], folder: Path) -> str:
         """A printable table of `metrics`; may write plots into `folder`."""

@@ -20,6 +20,7 @@ from quantlab.engine.logbook import Logbook
 from quantlab.engine.meters import MeanMeter
 from quantlab.engine.optim import build_optimizer, build_schedule
 from quantlab.engine.task import Task, to_device
+from quantlab.metrics.cost import cost_report
 from quantlab.metrics.size import size_report
 from quantlab.quant import calibration, qat
 
@@ -36,12 +37,11 @@ class Trainer:
         torch.manual_seed(cfg["seed"] + world.rank)  # ranks differ until the broadcast
         self.model = task.build_network()
         controllers: dict[str, Any] = {}
-        self.quant_report: dict | None = None
+        self.quant_layers: list[dict] = []
         if qat.enabled(cfg["quantize"]):
             if init is not None and world.is_main:
                 self._load_weights(init)  # the other ranks receive them in sync()
-            layers, controllers = qat.quantize_model(self.model, cfg["quantize"], task.groups)
-            self.quant_report = {"layers": layers, "size": size_report(self.model)}
+            self.quant_layers, controllers = qat.quantize_model(self.model, cfg["quantize"], task.groups)
         self.model.to(device)
         base = build_optimizer(self.model.parameters(), self.train_cfg, world.size,
                                cfg["engine"]["lr_scaling"])
@@ -52,6 +52,14 @@ class Trainer:
         self.epoch = 0
         self.best: float | None = None
         self.tb = SummaryWriter(str(logbook.stats)) if world.is_main else None
+
+    def quant_report(self) -> dict | None:
+        """Quantized layers, weight size and BOPs of the current model (None for a float one)."""
+        if not self.quant_layers:
+            return None
+        batch = to_device(self.task.example_batch(), self.device)
+        return {"layers": self.quant_layers, "size": size_report(self.model),
+                "cost": cost_report(self.model, lambda m: self.task.forward(m, batch))}
 
     # state ---------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
