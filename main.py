@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
-MODES = ("train", "test")
+MODES = ("train", "test", "export")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -25,7 +25,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--exp_id", type=int, default=None,
                    help="continue (train) or evaluate (test) this experiment; absent = a new one")
     p.add_argument("--profile", default="mini", help="config profile of a new experiment (mini, paper)")
-    p.add_argument("--ckpt", default="best", help="for test: last, best, an epoch number, or a file path")
+    p.add_argument("--ckpt", default="best",
+                   help="for test / export: last, best, an epoch number, or a file path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set training.epochs=5 (repeatable)")
     return p.parse_args(argv)
@@ -129,6 +130,13 @@ def run(args: argparse.Namespace) -> int:
             report_quantization(trainer, logbook, world.is_main)
             name = Path(args.ckpt).stem if not args.ckpt.isdigit() else f"epoch_{int(args.ckpt):04d}"
             split = cfg["engine"]["eval_split"]
+            if args.mode == "export":
+                if world.is_main:
+                    folder = logbook.root / "export"
+                    sizes = trainer.export(folder)
+                    print(f"exported {source}: " + ", ".join(f"{folder / k} ({v / 2**20:.3f} MiB)"
+                                                             for k, v in sizes.items()), flush=True)
+                return 0
             if world.is_main:
                 print(f"testing {source} on the {split} split", flush=True)
             trainer.evaluate(split, f"test_{name}")

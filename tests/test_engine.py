@@ -186,4 +186,13 @@ def test_qat_from_a_float_experiment_freezes_the_fpn_and_test_mode_evaluates_it(
             assert torch.equal(state["model"][key], value), key
     test = run(main_cmd("--mode", "test", "--exp_id", "1", "--ckpt", "last"), storage)
     assert test.returncode == 0, test.stderr
-    assert (exp / "eval" / "test_last" / "metrics.json").is_file()
+    metrics = json.loads((exp / "eval" / "test_last" / "metrics.json").read_text())
+    # export to integer codes + ONNX, then test the integer file: the same metrics
+    exported = run(main_cmd("--mode", "export", "--exp_id", "1", "--ckpt", "last"), storage)
+    assert exported.returncode == 0, exported.stderr
+    assert (exp / "export" / "model.onnx").is_file()
+    int_file = exp / "export" / "model_int.pt"
+    assert int_file.stat().st_size < (exp / "saves" / "last.pt").stat().st_size
+    test = run(main_cmd("--mode", "test", "--exp_id", "1", "--ckpt", str(int_file)), storage)
+    assert test.returncode == 0, test.stderr
+    assert json.loads((exp / "eval" / "test_model_int" / "metrics.json").read_text()) == pytest.approx(metrics)

@@ -74,6 +74,10 @@ class Task(ABC):
         data = self.dataset(self.cfg["engine"]["eval_split"], train=False)
         return self.collate([data[0]])
 
+    def export_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The network's positional inputs in `batch`, by name (for ONNX export)."""
+        raise NotImplementedError(f"{type(self).__name__} does not name its network inputs for export")
+
     @abstractmethod
     def report(self, metrics: dict[str, float], folder: Path) -> str:
         """A printable table of `metrics`; may write plots into `folder`."""

@@ -22,7 +22,8 @@ from quantlab.engine.optim import build_optimizer, build_schedule
 from quantlab.engine.task import Task, to_device
 from quantlab.metrics.cost import cost_report
 from quantlab.metrics.size import size_report
-from quantlab.quant import calibration, qat
+from quantlab.quant import calibration, export, qat
+from quantlab.quant.qdq import export_onnx
 
 FORMAT = "quantlab/1"
 
@@ -248,10 +249,25 @@ class Trainer:
         if state.get("format") == FORMAT:
             checkpoint.load_matching(self.model, state["model"], str(path))
             return
+        if state.get("format") == export.FORMAT:
+            export.load_integer(self.model, state, str(path))
+            return
         dropped = self.task.load_weights(self.model, state, str(path))
         if dropped:
             print(f"{path}: ignored {len(dropped)} keys the network derives or does not use "
                   f"({', '.join(dropped[:4])}{', ...' if len(dropped) > 4 else ''})")
+
+    def export(self, folder: Path) -> dict[str, int]:
+        """Write `model_int.pt` (integer codes + scales) and `model.onnx` (Q/DQ pairs) into
+        `folder`; returns their sizes in bytes. Main rank only."""
+        if not self.quant_layers:
+            raise CheckpointError("export needs a quantized model (quantize.rules is empty)")
+        self.model.eval()
+        sizes = {"model_int.pt": export.export_integer(self.model, folder / "model_int.pt", self.quant_layers)}
+        inputs = self.task.export_inputs(to_device(self.task.example_batch(), self.device))
+        export_onnx(self.model, tuple(inputs.values()), folder / "model.onnx", list(inputs))
+        sizes["model.onnx"] = (folder / "model.onnx").stat().st_size
+        return sizes
 
     def close(self) -> None:
         if self.tb is not None:

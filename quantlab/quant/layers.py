@@ -7,11 +7,28 @@ parameter or buffer, so it travels in the model's state_dict and Horovod's broad
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from quantlab.quant import quantizers as Q
+
+
+@dataclass
+class Grid:
+    """The uniform integer grid a quantizer maps onto: value = code x scale, with codes in
+    [low, high]; `scale` broadcasts against the tensor (per output channel on `axis` 0,
+    or one value for the whole tensor when `axis` is None). Export and ONNX use it."""
+
+    scale: torch.Tensor
+    low: int
+    high: int
+    axis: int | None
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(torch.round(x / self.scale), self.low, self.high).to(torch.int32)
 
 
 class SymmetricWeight(nn.Module):
@@ -27,6 +44,13 @@ class SymmetricWeight(nn.Module):
         if self.bits == 1:
             return Q.sign_binary(w, self.per_channel)
         return Q.symmetric_linear(w, self.bits, self.per_channel)
+
+    def grid(self, w: torch.Tensor) -> Grid:
+        if self.bits == 1:
+            raise ValueError("the 1-bit sign code is not a uniform grid")
+        q = Q.signed_levels(self.bits)
+        scale = Q.max_abs(w.detach(), self.per_channel).clamp_min(torch.finfo(w.dtype).tiny) / q
+        return Grid(scale, -q, q, 0 if self.per_channel else None)
 
 
 class LSQWeight(nn.Module):
@@ -46,6 +70,9 @@ class LSQWeight(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return Q.lsq(w, self.step, self.q_neg, self.q_pos)
+
+    def grid(self, w: torch.Tensor) -> Grid:
+        return Grid(self.step.detach(), -self.q_neg, self.q_pos, 0 if self.step.numel() > 1 else None)
 
 
 class INQWeight(nn.Module):
@@ -86,6 +113,14 @@ class INQWeight(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return torch.where(self.frozen(), self.weight_frozen, w)
+
+    def grid(self, w: torch.Tensor) -> Grid:
+        """The level grid (step s / half, codes in [-half, half]); fully frozen layers only."""
+        if not bool(self.frozen().all()):
+            raise ValueError(f"INQ layer is {self.fraction():.0%} frozen; only a fully frozen "
+                             "layer has integer weights")
+        half = (2 ** self.bits - 2) // 2
+        return Grid(self.weight_s.to(w.dtype) / half, -half, half, None)
 
 
 class _CalibratedActivation(nn.Module):
@@ -138,6 +173,9 @@ class STEActivation(_CalibratedActivation):
         self.range.copy_(value.reshape(1))
         self.calibrating.fill_(0)
 
+    def grid(self) -> Grid:
+        return Grid(self.range / self.levels, -self.levels if self.signed else 0, self.levels, None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if bool(self.calibrating):
             self.range.copy_(torch.maximum(self.range, x.detach().abs().max().reshape(1)))
@@ -170,6 +208,9 @@ class LSQActivation(_CalibratedActivation):
         with torch.no_grad():
             self.step.copy_((2 * value / self.q_pos ** 0.5).reshape(1))
         self.calibrating.fill_(0)
+
+    def grid(self) -> Grid:
+        return Grid(self.step.detach(), -self.q_neg, self.q_pos, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if bool(self.calibrating):

@@ -123,6 +123,9 @@ class WidedepthTask(Task):
     def forward(self, model: torch.nn.Module, batch: Batch):
         return model(batch["image"])
 
+    def export_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"image": batch["image"]}
+
     def loss(self, outputs, batch: Batch) -> dict[str, torch.Tensor]:
         if self._loss is None:
             cfg = self.cfg["loss"]
