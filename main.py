@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
                 trainer.resume()
             trainer.fit()
         else:
-            source = trainer.load_for_test(args.ckpt) if world.is_main else None
+            source = trainer.load_for_test(args.ckpt)
             trainer.sync()
             trainer.calibrate()
             report_quantization(trainer, logbook, world.is_main)

@@ -21,6 +21,8 @@ class Task(ABC):
     best_metric: str
     #: module groups for quantization recipes, from the topology's quantize.py
     groups: dict[str, str] = {}
+    #: where the MQAT reference code's wrapper puts this network's keys (e.g. "model.")
+    reference_prefix: str = ""
 
     def __init__(self, cfg: dict, data_root: Path) -> None:
         self.cfg = cfg

@@ -22,7 +22,7 @@ from quantlab.engine.optim import build_optimizer, build_schedule
 from quantlab.engine.task import Task, to_device
 from quantlab.metrics.cost import cost_report
 from quantlab.metrics.size import size_report
-from quantlab.quant import calibration, export, qat
+from quantlab.quant import calibration, export, qat, reference
 from quantlab.quant.qdq import export_onnx
 
 FORMAT = "quantlab/1"
@@ -40,8 +40,8 @@ class Trainer:
         controllers: dict[str, Any] = {}
         self.quant_layers: list[dict] = []
         if qat.enabled(cfg["quantize"]):
-            if init is not None and world.is_main:
-                self._load_weights(init)  # the other ranks receive them in sync()
+            if init is not None:
+                self._load_weights(init)  # every rank: a file may change the architecture
             self.quant_layers, controllers = qat.quantize_model(self.model, cfg["quantize"], task.groups)
         self.model.to(device)
         base = build_optimizer(self.model.parameters(), self.train_cfg, world.size,
@@ -116,8 +116,7 @@ class Trainer:
         batches = (to_device(b, self.device) for b in itertools.islice(loader, count))
         quantizers = len(calibration.pending(self.model))
         used = calibration.calibrate(self.model, batches, self.task.forward, dist.allreduce_statistic)
-        if self.world.is_main:
-            print(f"calibrated {quantizers} activation quantizers on {used} batches per rank", flush=True)
+        self._say(f"calibrated {quantizers} activation quantizers on {used} batches per rank")
 
     def fit(self) -> dict[str, float] | None:
         self.sync()
@@ -239,7 +238,8 @@ class Trainer:
         return dist.broadcast_object(metrics, name=f"eval.metrics.{tag}")
 
     def load_for_test(self, spec: str) -> str:
-        """Load `last`/`best`/N/a path: our checkpoints or a public weights layout."""
+        """Load `last`/`best`/N/a path on every rank: our checkpoints, integer exports, the
+        MQAT reference layout (which may add INQ layers) or a public weights layout."""
         path = self.logbook.resolve(spec)
         self._load_weights(path)
         return str(path)
@@ -252,9 +252,15 @@ class Trainer:
         if state.get("format") == export.FORMAT:
             export.load_integer(self.model, state, str(path))
             return
+        if reference.is_reference(state):
+            state, inq, copies = reference.convert(state, self.task.reference_prefix, str(path))
+            self.quant_layers += reference.quantize_like(self.model, inq, str(path))
+            self._say(f"{path}: MQAT reference layout, {len(inq)} INQ layers "
+                  f"({', '.join(sorted({f'{b}-bit' for b in inq.values()}))}), "
+                  f"{len(copies)} duplicated keys outside {self.task.reference_prefix!r} dropped")
         dropped = self.task.load_weights(self.model, state, str(path))
         if dropped:
-            print(f"{path}: ignored {len(dropped)} keys the network derives or does not use "
+            self._say(f"{path}: ignored {len(dropped)} keys the network derives or does not use "
                   f"({', '.join(dropped[:4])}{', ...' if len(dropped) > 4 else ''})")
 
     def export(self, folder: Path) -> dict[str, int]:
@@ -268,6 +274,10 @@ class Trainer:
         export_onnx(self.model, tuple(inputs.values()), folder / "model.onnx", list(inputs))
         sizes["model.onnx"] = (folder / "model.onnx").stat().st_size
         return sizes
+
+    def _say(self, message: str) -> None:
+        if self.world.is_main:
+            print(message, flush=True)
 
     def close(self) -> None:
         if self.tb is not None:

@@ -65,6 +65,7 @@ class WidedepthDataset(Dataset):
 class WidedepthTask(Task):
     best_metric = "ADI-0.1d/all"
     groups = GROUPS
+    reference_prefix = "model."
 
     def __init__(self, cfg: dict, data_root: Path) -> None:
         super().__init__(cfg, data_root)

@@ -1,0 +1,90 @@
+"""The MQAT reference code's quantized checkpoint layout, tested unchanged.
+
+A reference file is built here from a synthetic Widedepth model whose FPN is 2-bit INQ:
+keys under `model.`, the backbone registered a second time, INQ tensors `weight`,
+`weight_frozen`, `weight_s` on each conv, and the fold / training sections.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from problems.SwissCube.Widedepth import build_task
+from quantlab.engine.config import build_config
+from quantlab.engine.errors import CheckpointError
+from quantlab.quant import reference
+from quantlab.quant.controllers import INQController
+from quantlab.quant.editing import Rule, apply_recipe
+from quantlab.quant.layers import INQWeight
+from tests.conftest import REPO
+from tests.test_engine import TINY_SET, exp_dir, main_cmd, run, storage  # noqa: F401 (fixture)
+
+
+def tiny_task():
+    cfg = build_config(REPO / "cfg" / "defaults.yaml", REPO / "problems" / "SwissCube" / "Widedepth" / "config.yaml",
+                       "mini", TINY_SET)
+    return build_task(cfg, REPO)
+
+
+def reference_file(model: torch.nn.Module) -> dict:
+    """Our quantized model in the reference code's layout."""
+    network = {}
+    for key, value in model.state_dict().items():
+        network["model." + key.replace(".wq.weight_frozen", ".weight_frozen").replace(".wq.weight_s", ".weight_s")] = value
+        if key.startswith("backbone."):
+            network[key] = value.clone()  # the wrapper registers the backbone twice
+    return {"fold": {"i_epoch": 30, "metrics": {"ADI-0.1d": 0.5}}, "network": network,
+            "training": {"optimizer": {}, "lr_scheduler": {}, "quantize": [{"fraction": 1.0}]}}
+
+
+def inq_fpn_model(task) -> torch.nn.Module:
+    torch.manual_seed(3)
+    model = task.build_network().eval()
+    apply_recipe(model, [Rule("fpn", "inq", 2)], task.groups)
+    INQController(model, {0: 1.0}).on_epoch_start(0)
+    return model
+
+
+def test_inq_bits_is_the_smallest_grid_holding_the_values():
+    s = torch.tensor([0.9])
+    assert reference.inq_bits(torch.tensor([-0.9, 0.0, 0.9, float("nan")]), s, "x") == 2
+    assert reference.inq_bits(torch.tensor([-0.3, 0.6, 0.9]), s, "x") == 3     # steps of s / 3
+    assert reference.inq_bits(torch.tensor([0.9 * 5 / 7]), s, "x") == 4        # steps of s / 7
+    with pytest.raises(CheckpointError, match="x: weight_frozen values lie on no INQ grid"):
+        reference.inq_bits(torch.tensor([0.9 * 0.123457]), s, "x")
+
+
+def test_reference_file_loads_into_a_float_network_with_identical_outputs(tmp_path):
+    task = tiny_task()
+    quantized = inq_fpn_model(task)
+    state, layers, copies = reference.convert(reference_file(quantized), "model.", "ref.pth")
+    assert set(layers) == {n for n, m in quantized.named_modules() if isinstance(getattr(m, "wq", None), INQWeight)}
+    assert set(layers.values()) == {2} and copies and all(k.startswith("backbone.") for k in copies)
+    fresh = task.build_network().eval()
+    report = reference.quantize_like(fresh, layers, "ref.pth")
+    assert {r["layer"] for r in report} == set(layers) and {r["bits"] for r in report} == {2}
+    task.load_weights(fresh, state, "ref.pth")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for ours, theirs in zip(fresh(x), quantized(x)):
+            assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    # a recipe that made those layers 4-bit LSQ contradicts the file
+    contradicting = task.build_network()
+    apply_recipe(contradicting, [Rule("fpn", "lsq", 4)], task.groups)
+    with pytest.raises(CheckpointError, match=r"fpn\..* holds 2-bit INQ weights, the recipe makes it LSQWeight"):
+        reference.quantize_like(contradicting, layers, "ref.pth")
+
+
+def test_mode_test_evaluates_a_reference_file_and_prints_its_size(storage, tmp_path):
+    path = tmp_path / "mqat_fpn_2bit.pth"
+    torch.save(reference_file(inq_fpn_model(tiny_task())), path)
+    out = run(main_cmd("--mode", "test", "--ckpt", str(path)), storage, ranks=2)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "MQAT reference layout" in out.stdout and "x inq 2-bit" in out.stdout
+    exp = exp_dir(storage, 0)
+    assert (exp / "eval" / "test_mqat_fpn_2bit" / "metrics.json").is_file()
+    report = json.loads((exp / "quant_report.json").read_text())
+    assert {r["layer"].split(".")[0] for r in report["layers"]} == {"fpn"}
+    assert report["size"]["compression"] > 1
