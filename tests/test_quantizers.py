@@ -66,6 +66,31 @@ def test_lsq_forward_and_gradients_match_the_papers_formulas():
     assert s.grad.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def lsq_composed(x, s, q_neg, q_pos):
+    """A second LSQ, composed from autograd primitives as the paper writes it."""
+    g = 1.0 / (x.numel() / s.numel() * q_pos) ** 0.5
+    s = (s - s * g).detach() + s * g
+    v = torch.clamp(x / s, -q_neg, q_pos)
+    return (v + (torch.round(v) - v).detach()) * s
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fused_lsq_equals_the_composed_formula(per_channel):
+    torch.manual_seed(1)
+    x = torch.randn(6, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    s0 = torch.rand(6, 1, 1, 1, dtype=torch.float64) * 0.3 + 0.1 if per_channel else torch.tensor([0.2], dtype=torch.float64)
+    grads = []
+    for fn in (lsq, lsq_composed):
+        s = s0.clone().requires_grad_(True)
+        out = fn(x, s, 4, 3)
+        torch.manual_seed(2)  # the same upstream gradient for both
+        (out * torch.randn_like(out)).sum().backward()
+        grads.append((out.detach(), x.grad.clone(), s.grad.clone()))
+        x.grad = None
+    for ours, theirs in zip(*grads):
+        assert torch.allclose(ours, theirs, atol=1e-12)
+
+
 def test_inq_levels_as_in_the_mqat_code():
     assert inq_levels(0.3, 2).tolist() == pytest.approx([-0.3, 0.0, 0.3])  # ternary
     assert len(inq_levels(1.0, 4)) == 15 and len(inq_levels(1.0, 5)) == 31 and len(inq_levels(1.0, 8)) == 255

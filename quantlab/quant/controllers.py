@@ -38,7 +38,7 @@ class INQController:
             frozen = layer.wq.frozen()
             for value in optimizer.state.get(layer.float_weight(), {}).values():
                 if isinstance(value, torch.Tensor) and value.shape == frozen.shape:
-                    value[frozen] = 0
+                    value.masked_fill_(frozen, 0)
 
     def state_dict(self) -> dict:
         return {"fraction": self.fraction}

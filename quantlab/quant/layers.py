@@ -180,9 +180,7 @@ class STEActivation(_CalibratedActivation):
         if bool(self.calibrating):
             self.range.copy_(torch.maximum(self.range, x.detach().abs().max().reshape(1)))
             return x
-        scale = self.range / self.levels
-        low = -self.range if self.signed else torch.zeros_like(self.range)
-        return Q.round_ste(torch.clamp(x, low, self.range) / scale) * scale
+        return Q.clipped_ste(x, self.range / self.levels, -self.levels if self.signed else 0, self.levels)
 
 
 class LSQActivation(_CalibratedActivation):

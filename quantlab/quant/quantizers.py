@@ -51,12 +51,61 @@ def sign_binary(w: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
     return w + (binary - w).detach()
 
 
+class _LSQ(torch.autograd.Function):
+    """LSQ as one autograd node: three elementwise passes forward, three plus two dot
+    products backward, so quantizing activation maps costs little more than the layer."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, step: torch.Tensor, q_neg: int, q_pos: int,
+                g: float) -> torch.Tensor:
+        v = x / step
+        q = torch.round(v).clamp_(-q_neg, q_pos)  # = round(clip(v)): the bounds are integers
+        ctx.save_for_backward(v, q, step)
+        ctx.bounds, ctx.g = (q_neg, q_pos), g
+        return q.mul(step)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        v, q, step = ctx.saved_tensors
+        q_neg, q_pos = ctx.bounds
+        grad_x = grad * (v.clamp(-q_neg, q_pos) == v)  # straight through inside the range
+        # dQ/ds = round(v) - v inside, -Q_N / Q_P where clipped: q - v [inside]
+        if step.numel() == 1:
+            total = torch.dot(grad.reshape(-1), q.reshape(-1)) - torch.dot(grad_x.reshape(-1), v.reshape(-1))
+            grad_step = total.reshape(step.shape) * ctx.g
+        else:
+            grad_step = (grad * q - grad_x * v).sum_to_size(step.shape) * ctx.g
+        return grad_x, grad_step, None, None, None
+
+
+class _ClippedSTE(torch.autograd.Function):
+    """round(clip(x / scale, low, high)) scale for a fixed scale; the gradient passes
+    straight through inside the range and is zero where x was clipped."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, low: int, high: int) -> torch.Tensor:
+        v = x / scale
+        ctx.save_for_backward(v)
+        ctx.bounds = (low, high)
+        return torch.round(v).clamp_(low, high).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (v,) = ctx.saved_tensors
+        low, high = ctx.bounds
+        return grad * (v.clamp(low, high) == v), None, None, None
+
+
+def clipped_ste(x: torch.Tensor, scale: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    return _ClippedSTE.apply(x, scale.detach(), low, high)
+
+
 def lsq(x: torch.Tensor, step: torch.Tensor, q_neg: int, q_pos: int) -> torch.Tensor:
-    """LSQ (Esser et al. 2020): round(clip(x / s, -Q_N, Q_P)) s, with the step's gradient
-    scaled by 1 / sqrt(N Q_P), N the number of elements x holds per step."""
+    """LSQ (Esser et al. 2020): round(clip(x / s, -Q_N, Q_P)) s with a straight-through
+    gradient for x, and the step's gradient scaled by g = 1 / sqrt(N Q_P), N the number of
+    elements x holds per step."""
     g = 1.0 / (x.numel() / step.numel() * q_pos) ** 0.5
-    s = grad_scale(step, g)
-    return round_ste(torch.clamp(x / s, -q_neg, q_pos)) * s
+    return _LSQ.apply(x, step, q_neg, q_pos, g)
 
 
 def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
