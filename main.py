@@ -39,7 +39,7 @@ def storage_roots() -> tuple[Path, Path]:
     path = Path(os.environ.get("QUANTLAB_STORAGE", REPO / "cfg" / "hard_storage.json")).resolve()
     try:
         roots = json.loads(path.read_text())
-        return path.parent / roots["data"], path.parent / roots["logs"]
+        return (path.parent / roots["data"]).resolve(), (path.parent / roots["logs"]).resolve()
     except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: expected {{\"data\": ..., \"logs\": ...}} ({exc})")
 
