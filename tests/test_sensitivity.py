@@ -1,0 +1,121 @@
+"""Hutchinson traces against the exact Hessian of a tiny model; the bit-allocation ILP
+against brute force on small instances; HAWQ sensitivities worked by hand."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from quantlab.sensitivity.hawq import sensitivities, sizes
+from quantlab.sensitivity.hessian import block_quadratic_forms, hutchinson_traces
+from quantlab.sensitivity.ilp import Problem, solve
+
+
+def tiny():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 2), nn.Tanh(), nn.Linear(2, 1)).double()
+    x, y = torch.randn(16, 2, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+    return model, lambda: ((model(x) - y) ** 2).mean(), x, y
+
+
+def exact_block_traces(model, x, y) -> dict[str, float]:
+    """tr of each weight's diagonal block of the full Hessian over both weight matrices."""
+    names = ["0.weight", "2.weight"]
+    params = dict(model.named_parameters())
+    shapes = [params[n].shape for n in names]
+    flat = torch.cat([params[n].detach().reshape(-1) for n in names])
+
+    def loss_of(vector):
+        parts, start = {}, 0
+        for n, shape in zip(names, shapes):
+            parts[n] = vector[start:start + shape.numel()].reshape(shape)
+            start += shape.numel()
+        out = torch.func.functional_call(model, {**{k: v.detach() for k, v in params.items()}, **parts}, (x,))
+        return ((out - y) ** 2).mean()
+
+    hessian = torch.autograd.functional.hessian(loss_of, flat)
+    traces, start = {}, 0
+    for n, shape in zip(names, shapes):
+        block = hessian[start:start + shape.numel(), start:start + shape.numel()]
+        traces[n.split(".")[0]] = float(block.trace())
+        start += shape.numel()
+    return traces, hessian
+
+
+def test_hutchinson_over_all_sign_vectors_is_the_exact_block_trace():
+    model, loss, x, y = tiny()
+    exact, _ = exact_block_traces(model, x, y)
+    weights = {"0": model[0].weight, "2": model[2].weight}
+    sums = {"0": 0.0, "2": 0.0}
+    signs = list(itertools.product([-1.0, 1.0], repeat=6))  # all 2^6 Rademacher vectors
+    for s in signs:
+        v = torch.tensor(s, dtype=torch.float64)
+        vectors = {"0": v[:4].reshape(2, 2), "2": v[4:].reshape(1, 2)}
+        for n, value in block_quadratic_forms(loss(), weights, vectors).items():
+            sums[n] += value
+    for n in weights:
+        assert sums[n] / len(signs) == pytest.approx(exact[n], rel=1e-10)
+
+
+def test_hutchinson_sampling_converges_within_its_standard_error():
+    model, loss, x, y = tiny()
+    exact, hessian = exact_block_traces(model, x, y)
+    weights = {"0": model[0].weight, "2": model[2].weight}
+    samples = 2000
+    estimate = hutchinson_traces(weights, [loss], samples, seed=1)
+    for n, (a, b) in {"0": (0, 4), "2": (4, 6)}.items():
+        block = hessian[a:b, a:b]
+        off = (block ** 2).sum() - (block.diagonal() ** 2).sum()
+        stderr = float((2 * off / samples) ** 0.5)   # Var(v^T A v) = 2 sum_{i != j} A_ij^2
+        assert abs(estimate[n] - exact[n]) < 4 * stderr + 1e-12
+
+
+def brute_force(problem: Problem):
+    layers = list(problem.sensitivity)
+    best = None
+    for combo in itertools.product(*[sorted(problem.sensitivity[l]) for l in layers]):
+        bits = dict(zip(layers, combo))
+        if any(bits[l] != b for l, b in problem.fixed.items()):
+            continue
+        if any(len({bits[l] for l in group}) > 1 for group in problem.tied):
+            continue
+        size = sum(problem.size[l][bits[l]] for l in layers)
+        if size > problem.budget + 1e-9:
+            continue
+        cost = sum(problem.sensitivity[l][bits[l]] for l in layers)
+        if best is None or cost < best[0] - 1e-12:
+            best = (cost, bits)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ilp_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    layers = [f"l{i}" for i in range(5)]
+    counts = {l: int(rng.integers(10, 200)) for l in layers}
+    sens = {l: {b: float(rng.random() * 10 / 2 ** b) for b in (2, 4, 8)} for l in layers}
+    size = {l: {b: float(counts[l] * b) for b in (2, 4, 8)} for l in layers}
+    full = sum(counts.values()) * 8
+    for fraction, fixed, tied in ((0.5, {}, []), (0.35, {"l0": 8}, []), (0.6, {}, [["l1", "l2"]]),
+                                  (0.3, {"l3": 2}, [["l0", "l4"]])):
+        problem = Problem(sens, size, fraction * full, fixed, tied)
+        expected = brute_force(problem)
+        if expected is None:
+            with pytest.raises(ValueError, match="no bit allocation fits the budget"):
+                solve(problem)
+            continue
+        got = solve(problem)
+        assert got.objective == pytest.approx(expected[0], rel=1e-9)
+        assert got.size <= problem.budget + 1e-9
+        assert all(got.bits[l] == b for l, b in fixed.items())
+        assert all(len({got.bits[l] for l in g}) == 1 for g in tied)
+
+
+def test_hawq_sensitivity_by_hand():
+    w = torch.tensor([[0.5, -1.0], [0.25, 0.75]])
+    quantize = lambda t, b: torch.round(t * 2 ** (b - 2)) / 2 ** (b - 2)  # steps of 1 (2 bits), 0.5 (3 bits)
+    sens = sensitivities({"a": w}, {"a": 8.0}, [2, 3], quantize)
+    # mean trace 8 / 4 = 2; 2 bits: errors 0.5, 0, 0.25, 0.25 -> 0.375; 3 bits: 0, 0, 0.25, 0.25 -> 0.125
+    assert sens["a"][2] == pytest.approx(2 * 0.375) and sens["a"][3] == pytest.approx(2 * 0.125)
+    assert sizes({"a": w}, [2, 3]) == {"a": {2: 8.0, 3: 12.0}}
