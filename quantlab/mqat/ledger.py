@@ -1,0 +1,43 @@
+"""The record of finished candidate runs of a search, kept in the parent experiment.
+
+Each candidate (module bits + flow) is keyed canonically; a finished run's result is
+written atomically, so an interrupted search resumes without re-running finished ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+
+def candidate_key(bits: dict[str, int], order: list[str] | None) -> str:
+    """E.g. 'backbone=32,fpn=2,head=32|fpn>head>backbone' (order part empty when unordered)."""
+    part = ",".join(f"{m}={bits[m]}" for m in sorted(bits))
+    return f"{part}|{'>'.join(order or [])}"
+
+
+class Ledger:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def record(self, key: str, entry: dict[str, Any]) -> None:
+        self.entries[key] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.entries, indent=2, sort_keys=True))
+        os.replace(tmp, self.path)
+
+    def cached(self, run: Callable[[dict[str, int], list[str] | None], dict[str, Any]]
+               ) -> Callable[[dict[str, int], list[str] | None], dict[str, Any]]:
+        """`run` that answers finished candidates from the ledger and records new ones."""
+        def wrapped(bits: dict[str, int], order: list[str] | None) -> dict[str, Any]:
+            key = candidate_key(bits, order)
+            if key not in self.entries:
+                self.record(key, {"bits": bits, "order": order, **run(bits, order)})
+            return self.entries[key]
+        return wrapped
