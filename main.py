@@ -116,11 +116,13 @@ def run(args: argparse.Namespace) -> int:
 
     device = dist.device_for(world, cfg["engine"]["device"])
     init = resolve_init(cfg["quantize"]["init"], logs_root, args) if not resuming else None
-    trainer = Trainer(task, cfg, world, logbook, device, init)
+    last = logbook.saves / "last.pt"
+    resume = last if resuming and args.mode == "train" and last.is_file() else None
+    trainer = Trainer(task, cfg, world, logbook, device, init, resume)
     try:
         if args.mode == "train":
             report_quantization(trainer, logbook, world.is_main)
-            if resuming and (logbook.saves / "last.pt").is_file():
+            if resume is not None:
                 trainer.resume()
             trainer.fit()
         else:

@@ -196,3 +196,27 @@ def test_qat_from_a_float_experiment_freezes_the_fpn_and_test_mode_evaluates_it(
     test = run(main_cmd("--mode", "test", "--exp_id", "1", "--ckpt", str(int_file)), storage)
     assert test.returncode == 0, test.stderr
     assert json.loads((exp / "eval" / "test_model_int" / "metrics.json").read_text()) == pytest.approx(metrics)
+
+
+def test_staged_qat_rebuilds_earlier_stages_from_the_checkpoint_and_resumes(storage):
+    """MQAT's stages as experiments: FPN INQ from the float run, then head LSQ from the
+    FPN stage; the later stage keeps the earlier one's frozen weights, resumes, tests."""
+    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+    fpn = ["quantize.init=0", "quantize.rules=[{modules: fpn, algorithm: inq, bits: 2}]",
+           "quantize.inq_schedule={0: 1.0}", "training.epochs=1"]
+    assert run(main_cmd("--mode", "train", sets=fpn), storage).returncode == 0
+    head = ["quantize.init=1", "quantize.rules=[{modules: head, algorithm: lsq, bits: 4}]", "training.epochs=1"]
+    out = run(main_cmd("--mode", "train", sets=head), storage)
+    assert out.returncode == 0, out.stderr
+    stage1 = load(exp_dir(storage, 1) / "saves" / "last.pt")
+    stage2 = load(exp_dir(storage, 2) / "saves" / "last.pt")
+    assert {r["layer"].split(".")[0] for r in stage2["quant_layers"]} == {"fpn", "head"}
+    frozen = [k for k in stage1["model"] if k.endswith("wq.weight_frozen")]
+    assert frozen and all(torch.equal(stage1["model"][k], stage2["model"][k]) for k in frozen)
+    # continue stage 2 for one more epoch: the optimizer must see the rebuilt layers' steps
+    more = run(main_cmd("--mode", "train", "--exp_id", "2", sets=["training.epochs=2"]), storage)
+    assert more.returncode == 0, more.stderr
+    assert load(exp_dir(storage, 2) / "saves" / "last.pt")["epoch"] == 2
+    test = run(main_cmd("--mode", "test", "--exp_id", "2", "--ckpt", "last"), storage)
+    assert test.returncode == 0, test.stderr
+    assert "fpn" in json.dumps(json.loads((exp_dir(storage, 2) / "quant_report.json").read_text()))

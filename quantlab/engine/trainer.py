@@ -23,6 +23,7 @@ from quantlab.engine.task import Task, to_device
 from quantlab.metrics.cost import cost_report
 from quantlab.metrics.size import size_report
 from quantlab.quant import calibration, export, qat, reference
+from quantlab.quant.editing import rebuild
 from quantlab.quant.qdq import export_onnx
 
 FORMAT = "quantlab/1"
@@ -32,17 +33,25 @@ class Trainer:
     """Owns the model, optimizer and every stateful piece of one experiment."""
 
     def __init__(self, task: Task, cfg: dict, world: dist.World, logbook: Logbook,
-                 device: torch.device, init: Path | None = None) -> None:
+                 device: torch.device, init: Path | None = None, resume: Path | None = None) -> None:
+        """`init`: weights to start from (float or partly quantized: the layers a quantlab
+        checkpoint records are rebuilt first, then the config's recipe quantizes the rest
+        from the loaded weights, which is how MQAT stages follow one another).
+        `resume`: the checkpoint a continued run will restore; only its structure is read
+        here, so the optimizer is built over the right parameters."""
         self.task, self.cfg, self.world, self.logbook, self.device = task, cfg, world, logbook, device
         self.train_cfg = cfg["training"]
         torch.manual_seed(cfg["seed"] + world.rank)  # ranks differ until the broadcast
         self.model = task.build_network()
         controllers: dict[str, Any] = {}
         self.quant_layers: list[dict] = []
+        if init is not None:
+            self._load_weights(init)  # every rank: a file may change the architecture
         if qat.enabled(cfg["quantize"]):
-            if init is not None:
-                self._load_weights(init)  # every rank: a file may change the architecture
-            self.quant_layers, controllers = qat.quantize_model(self.model, cfg["quantize"], task.groups)
+            layers, controllers = qat.quantize_model(self.model, cfg["quantize"], task.groups)
+            self.quant_layers += layers
+        if resume is not None:
+            self.quant_layers += rebuild(self.model, checkpoint.load(resume).get("quant_layers", []))
         self.model.to(device)
         base = build_optimizer(self.model.parameters(), self.train_cfg, world.size,
                                cfg["engine"]["lr_scaling"])
@@ -71,6 +80,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "stateful": {k: v.state_dict() for k, v in self.stateful.items()},
+            "quant_layers": self.quant_layers,
         }
 
     def restore(self, state: dict[str, Any], source: str) -> None:
@@ -247,6 +257,7 @@ class Trainer:
     def _load_weights(self, path: Path) -> None:
         state = checkpoint.load(path)
         if state.get("format") == FORMAT:
+            self.quant_layers += rebuild(self.model, state.get("quant_layers", []))
             checkpoint.load_matching(self.model, state["model"], str(path))
             return
         if state.get("format") == export.FORMAT:

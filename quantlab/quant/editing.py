@@ -106,6 +106,21 @@ def apply_recipe(model: nn.Module, rules: list[Rule], groups: dict[str, str],
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, build_layer(layers[name], rule))
         report.append({"layer": name, "type": type(layers[name]).__name__, "algorithm": rule.algorithm,
-                       "bits": rule.bits, "act_algorithm": rule.act_algorithm,
-                       "act_bits": rule.act_bits if rule.act_algorithm else None})
+                       "bits": rule.bits, "per_channel": rule.per_channel, "act_algorithm": rule.act_algorithm,
+                       "act_bits": rule.act_bits if rule.act_algorithm else None,
+                       "act_signed": rule.act_signed if rule.act_algorithm else None})
     return report
+
+
+def rules_from_report(rows: list[dict]) -> list[Rule]:
+    """One exact-name rule per row of an editing report: rebuilds the same quantized layers
+    (a checkpoint records its report, so its structure can be rebuilt before loading)."""
+    return [Rule(re.escape(r["layer"]), r["algorithm"], r["bits"], r.get("per_channel", False),
+                 r.get("act_algorithm"), r.get("act_bits") or 8, bool(r.get("act_signed")))
+            for r in rows]
+
+
+def rebuild(model: nn.Module, rows: list[dict]) -> list[dict]:
+    """Quantize the layers of `rows` that are still float in `model`; return their rows."""
+    todo = [r for r in rows if type(model.get_submodule(r["layer"])) in QUANTIZABLE]
+    return apply_recipe(model, rules_from_report(todo), {}) if todo else []
