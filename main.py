@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
-MODES = ("train", "test", "export")
+MODES = ("train", "test", "export", "sensitivity")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -115,6 +115,13 @@ def run(args: argparse.Namespace) -> int:
     dist.barrier()
 
     device = dist.device_for(world, cfg["engine"]["device"])
+    if args.mode == "sensitivity":
+        from quantlab.mqat.pipeline import run_sensitivity
+        start = resolve_init(cfg["quantize"]["init"], logs_root, args)
+        if start is None:
+            raise ConfigError("--mode sensitivity starts from a float checkpoint: set quantize.init")
+        run_sensitivity(task, cfg, world, logbook, device, start)
+        return 0
     init = resolve_init(cfg["quantize"]["init"], logs_root, args) if not resuming else None
     last = logbook.saves / "last.pt"
     resume = last if resuming and args.mode == "train" and last.is_file() else None

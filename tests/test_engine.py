@@ -220,3 +220,25 @@ def test_staged_qat_rebuilds_earlier_stages_from_the_checkpoint_and_resumes(stor
     test = run(main_cmd("--mode", "test", "--exp_id", "2", "--ckpt", "last"), storage)
     assert test.returncode == 0, test.stderr
     assert "fpn" in json.dumps(json.loads((exp_dir(storage, 2) / "quant_report.json").read_text()))
+
+
+def test_mqat_sensitivity_mode_runs_the_module_cube_as_child_runs_and_resumes(storage):
+    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+    sets = ["quantize.init=0", "mqat.stage_epochs=1", "quantize.inq_schedule={0: 1.0}"]
+    out = run(main_cmd("--mode", "sensitivity", sets=sets), storage)
+    assert out.returncode == 0, out.stdout + out.stderr
+    exp = exp_dir(storage, 1)
+    result = json.loads((exp / "mqat" / "sensitivity.json").read_text())
+    assert len(result["cube"]) == 7 and sorted(result["ranking"]) == ["backbone", "fpn", "head"]
+    singles = {next(m for m, b in r["bits"].items() if b == 2): r["delta"] for r in result["cube"]
+               if sorted(r["bits"].values()) == [2, 32, 32]}
+    assert [m for m in result["ranking"]] == sorted(singles, key=lambda m: (-singles[m], ["backbone", "fpn", "head"].index(m)))
+    assert "module sensitivity at 2 bits" in out.stdout and (exp / "mqat" / "cube.md").is_file()
+    # every probe is a child experiment with INQ layers of only its modules
+    probe = load(next((exp / "children").glob("backbone32_fpn2_head32__/stage1/saves/last.pt")))
+    assert {r["layer"].split(".")[0] for r in probe["quant_layers"]} == {"fpn"}
+    # continuing the experiment re-runs nothing
+    stamps = {p: p.stat().st_mtime_ns for p in (exp / "children").rglob("last.pt")}
+    again = run(main_cmd("--mode", "sensitivity", "--exp_id", "1"), storage)
+    assert again.returncode == 0, again.stderr
+    assert {p: p.stat().st_mtime_ns for p in (exp / "children").rglob("last.pt")} == stamps

@@ -4,9 +4,11 @@
     expNNNN/saves/             epoch_NNNN.pt, last.pt, best.pt
     expNNNN/stats/             TensorBoard event files
     expNNNN/eval/<tag>/        metrics.json (+ plots) for each evaluation
+    expNNNN/children/<name>/   the same layout for each child run of a search (MQAT, HAWQ)
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -24,12 +26,22 @@ class Logbook:
 
     def __init__(self, logs_root: Path, problem: str, topology: str, exp_id: int,
                  writer: bool) -> None:
-        self.root = logs_root / problem / topology / f"exp{exp_id:04d}"
         self.exp_id = exp_id
         self.writer = writer
-        self.saves = self.root / "saves"
-        self.stats = self.root / "stats"
-        self.evals = self.root / "eval"
+        self._place(logs_root / problem / topology / f"exp{exp_id:04d}")
+
+    def _place(self, root: Path) -> None:
+        self.root = root
+        self.saves = root / "saves"
+        self.stats = root / "stats"
+        self.evals = root / "eval"
+
+    def child(self, name: str) -> "Logbook":
+        """The logbook of a child run (a search candidate or stage) inside this experiment:
+        `children/<name>/` with the same layout."""
+        kid = copy.copy(self)
+        kid._place(self.root / "children" / name)
+        return kid
 
     @staticmethod
     def next_id(logs_root: Path, problem: str, topology: str) -> int:

@@ -18,8 +18,8 @@ def candidate_key(bits: dict[str, int], order: list[str] | None) -> str:
 
 
 class Ledger:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, writer: bool = True) -> None:
+        self.path, self.writer = path, writer  # every rank keeps the entries, one writes
         self.entries: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else {}
 
     def __contains__(self, key: str) -> bool:
@@ -27,6 +27,8 @@ class Ledger:
 
     def record(self, key: str, entry: dict[str, Any]) -> None:
         self.entries[key] = entry
+        if not self.writer:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(self.entries, indent=2, sort_keys=True))
