@@ -5,6 +5,7 @@ Runs are tiny (64 px images, 16 training images) but real: horovodrun, gloo/MPI,
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -242,3 +243,19 @@ def test_mqat_sensitivity_mode_runs_the_module_cube_as_child_runs_and_resumes(st
     again = run(main_cmd("--mode", "sensitivity", "--exp_id", "1"), storage)
     assert again.returncode == 0, again.stderr
     assert {p: p.stat().st_mtime_ns for p in (exp / "children").rglob("last.pt")} == stamps
+
+
+def test_hawq_mode_allocates_bits_under_the_budget_and_trains_them(storage):
+    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+    sets = ["quantize.init=0", "hawq.epochs=1", "hawq.samples=2", "hawq.batches=1", "hawq.min_compression=6.0",
+            r"quantize.exclude=['backbone\.features\.init_block\.conv']"]
+    out = run(main_cmd("--mode", "hawq", sets=sets), storage, ranks=2)
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads((exp_dir(storage, 1) / "hawq" / "allocation.json").read_text())
+    assert result["compression"] >= 6.0 and set(result["bits"].values()) <= {2, 4, 8}
+    assert "backbone.features.init_block.conv" not in result["bits"]
+    assert set(result["traces"]) == set(result["bits"])  # a trace for every candidate layer
+    assert all(math.isfinite(v) and v != 0 for v in result["traces"].values())
+    qat = load(exp_dir(storage, 1) / "children" / "qat" / "saves" / "last.pt")
+    assert {r["layer"]: r["bits"] for r in qat["quant_layers"]} == result["bits"]
+    assert "HAWQ-V3 allocation" in out.stdout and "metric" in result

@@ -1,0 +1,90 @@
+"""The HAWQ-V3 baseline mode: Hessian traces of the float model, sensitivities per
+candidate bit-width, the ILP under a compression budget, then QAT at the chosen bits."""
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from pathlib import Path
+
+import torch
+
+from quantlab.engine import distributed as dist
+from quantlab.engine.logbook import Logbook
+from quantlab.engine.task import Task, to_device
+from quantlab.engine.trainer import Trainer
+from quantlab.quant.editing import pattern_of, quantizable
+from quantlab.quant.quantizers import symmetric_linear
+from quantlab.sensitivity import hawq
+from quantlab.sensitivity.hessian import hutchinson_traces, layer_weights
+from quantlab.sensitivity.ilp import Problem, solve
+
+
+def candidate_layers(model: torch.nn.Module, cfg: dict, groups: dict[str, str]) -> list[str]:
+    """Conv2d / Linear layers not excluded by `quantize.exclude` (attention is not traced)."""
+    excluded = [pattern_of(p, groups) for p in cfg["quantize"]["exclude"]]
+    return [n for n, m in quantizable(model).items()
+            if not isinstance(m, torch.nn.MultiheadAttention) and not any(p.fullmatch(n) for p in excluded)]
+
+
+def traces(trainer: Trainer, layers: list[str], batches: int, samples: int, seed: int) -> dict[str, float]:
+    """Per-layer Hessian traces of the training loss, averaged over this rank's first
+    `batches` training batches and then over ranks."""
+    task, model = trainer.task, trainer.model
+    _, sampler, loader = trainer._train_loader()
+    sampler.set_epoch(0)
+    model.eval()
+
+    def loss_of(batch):
+        return lambda: sum(task.loss(task.forward(model, batch), batch).values())
+
+    weights = layer_weights(model, layers)
+    closures = [loss_of(to_device(b, trainer.device)) for b in itertools.islice(loader, batches)]
+    local = hutchinson_traces(weights, closures, samples, seed + trainer.world.rank)
+    return dist.allreduce_mean(local, name="hawq.traces")
+
+
+def run_hawq(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: torch.device,
+             init: Path) -> dict:
+    settings = cfg["hawq"]
+    float_cfg = copy.deepcopy(cfg)
+    float_cfg["quantize"]["rules"] = []
+    probe = Trainer(task, float_cfg, world, logbook.child("float"), device, init=init)
+    probe.sync()
+    layers = candidate_layers(probe.model, cfg, task.groups)
+    trace = traces(probe, layers, settings["batches"], settings["samples"], cfg["seed"])
+    weights = layer_weights(probe.model, layers)
+    bits = sorted(settings["bits"])
+    sens = hawq.sensitivities(weights, trace, bits, lambda w, b: symmetric_linear(w, b))
+    size = hawq.sizes(weights, bits)
+    counted = sum(w.numel() for w in weights.values())
+    total = sum(p.numel() for p in probe.model.parameters())
+    probe.close()
+    float_bits = 32.0 * total
+    rest_bits = 32.0 * (total - counted)
+    budget = float_bits / settings["min_compression"] - rest_bits
+    allocation = solve(Problem(sens, size, budget, dict(settings["fixed"]), [list(g) for g in settings["tied"]]))
+    compression = float_bits / (allocation.size + rest_bits)
+    result = {"traces": trace, "sensitivity": sens, "bits": allocation.bits, "objective": allocation.objective,
+              "compression": compression}
+    logbook.write_json("hawq/allocation.json", result)
+    if world.is_main:
+        counts = {b: sum(1 for v in allocation.bits.values() if v == b) for b in bits}
+        print(f"HAWQ-V3 allocation over {len(layers)} layers at >= {settings['min_compression']}x: "
+              + ", ".join(f"{c} x {b}-bit" for b, c in counts.items()) + f"; compression {compression:.2f}x",
+              flush=True)
+    qat_cfg = copy.deepcopy(cfg)
+    qat_cfg["quantize"]["init"] = str(init)
+    qat_cfg["quantize"]["rules"] = [{"modules": re.escape(layer), "algorithm": settings["algorithm"], "bits": b}
+                                    for layer, b in allocation.bits.items()]
+    qat_cfg["training"]["epochs"] = settings["epochs"]
+    child = logbook.child("qat")
+    child.create(qat_cfg)
+    trainer = Trainer(task, qat_cfg, world, child, device, init=init)
+    try:
+        metrics = trainer.fit()
+    finally:
+        trainer.close()
+    result["metric"] = metrics[task.best_metric]
+    logbook.write_json("hawq/allocation.json", result)
+    return result
