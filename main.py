@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
-MODES = ("train", "test", "export", "sensitivity", "hawq")
+MODES = ("train", "test", "export", "sensitivity", "mqat", "hawq")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -115,13 +115,14 @@ def run(args: argparse.Namespace) -> int:
     dist.barrier()
 
     device = dist.device_for(world, cfg["engine"]["device"])
-    if args.mode in ("sensitivity", "hawq"):
-        from quantlab.mqat.pipeline import run_sensitivity
+    if args.mode in ("sensitivity", "mqat", "hawq"):
+        from quantlab.mqat.pipeline import run_mqat, run_sensitivity
         from quantlab.sensitivity.pipeline import run_hawq
         start = resolve_init(cfg["quantize"]["init"], logs_root, args)
         if start is None:
             raise ConfigError(f"--mode {args.mode} starts from a float checkpoint: set quantize.init")
-        (run_sensitivity if args.mode == "sensitivity" else run_hawq)(task, cfg, world, logbook, device, start)
+        modes = {"sensitivity": run_sensitivity, "mqat": run_mqat, "hawq": run_hawq}
+        modes[args.mode](task, cfg, world, logbook, device, start)
         return 0
     init = resolve_init(cfg["quantize"]["init"], logs_root, args) if not resuming else None
     last = logbook.saves / "last.pt"

@@ -259,3 +259,22 @@ def test_hawq_mode_allocates_bits_under_the_budget_and_trains_them(storage):
     qat = load(exp_dir(storage, 1) / "children" / "qat" / "saves" / "last.pt")
     assert {r["layer"]: r["bits"] for r in qat["quant_layers"]} == result["bits"]
     assert "HAWQ-V3 allocation" in out.stdout and "metric" in result
+
+
+def test_mqat_mode_runs_sensitivity_flow_and_bit_search_to_a_compressed_model(storage):
+    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+    sets = ["quantize.init=0", "mqat.stage_epochs=1", "quantize.inq_schedule={0: 1.0}", "mqat.grid=[2, 8]",
+            "mqat.min_compression=4.0"]
+    out = run(main_cmd("--mode", "mqat", sets=sets), storage)
+    assert out.returncode == 0, out.stdout + out.stderr
+    exp = exp_dir(storage, 1)
+    result = json.loads((exp / "mqat" / "result.json").read_text())
+    plan = json.loads((exp / "mqat" / "bit_plan.json").read_text())
+    assert result["compression"] >= 4.0 and len(plan["candidates"]) < plan["full_grid"] == 8
+    assert result["order"] == json.loads((exp / "mqat" / "sensitivity.json").read_text())["ranking"]
+    assert result["metric"] == max(c["metric"] for c in result["candidates"])
+    # the winner's last stage holds every module quantized at its bits
+    final = load(Path(result["experiment"]) / "saves" / "last.pt")
+    quantized = {r["layer"].split(".")[0]: r["bits"] for r in final["quant_layers"]}
+    assert quantized == {m: b for m, b in result["bits"].items() if b != 32}
+    assert "MQAT: bits" in out.stdout

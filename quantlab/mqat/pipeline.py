@@ -12,7 +12,9 @@ from quantlab.engine.task import Task
 from quantlab.engine.trainer import Trainer
 from quantlab.mqat.ledger import Ledger
 from quantlab.mqat.runner import StagedRuns
-from quantlab.mqat.search import FLOAT, Sensitivity, sensitivity
+from quantlab.mqat.search import (FLOAT, Sensitivity, bit_search, exhaustive_flow, model_size, plan_bits,
+                                  sensitivity)
+from quantlab.quant.editing import pattern_of, quantizable
 
 
 def float_metric(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: torch.device,
@@ -43,15 +45,24 @@ def cube_table(sens: Sensitivity, modules: list[str], metric: str) -> str:
     return "\n".join(lines)
 
 
+def _searches(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: torch.device,
+              init: Path) -> tuple[Ledger, StagedRuns, float]:
+    ledger = Ledger(logbook.root / "mqat" / "ledger.json", writer=world.is_main)
+    start = float_metric(task, cfg, world, logbook, device, init, ledger)
+    return ledger, StagedRuns(task, cfg, world, logbook, device, init), start
+
+
 def run_sensitivity(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: torch.device,
                     init: Path) -> Sensitivity:
     """The module cube at `mqat.probe_bits` and the single-module ranking, written to
     `mqat/sensitivity.json` and `mqat/cube.md`; finished probes are never re-run."""
-    ledger = Ledger(logbook.root / "mqat" / "ledger.json", writer=world.is_main)
+    return _sensitivity(task, cfg, world, logbook, *_searches(task, cfg, world, logbook, device, init))
+
+
+def _sensitivity(task: Task, cfg: dict, world: dist.World, logbook: Logbook, ledger: Ledger,
+                 runs: StagedRuns, start: float) -> Sensitivity:
     modules = list(task.groups)
-    start = float_metric(task, cfg, world, logbook, device, init, ledger)
-    runs = ledger.cached(StagedRuns(task, cfg, world, logbook, device, init))
-    sens = sensitivity(modules, start, runs, cfg["mqat"]["probe_bits"])
+    sens = sensitivity(modules, start, ledger.cached(runs), cfg["mqat"]["probe_bits"])
     table = cube_table(sens, modules, task.best_metric)
     logbook.write_json("mqat/sensitivity.json", {"float_metric": sens.float_metric, "cube": sens.cube,
                                                  "singles": sens.singles, "ranking": sens.ranking})
@@ -60,3 +71,54 @@ def run_sensitivity(task: Task, cfg: dict, world: dist.World, logbook: Logbook, 
         print(f"\nmodule sensitivity at {cfg['mqat']['probe_bits']} bits:\n{table}\n"
               f"flow by sensitivity (least harmful first): {' -> '.join(sens.ranking)}", flush=True)
     return sens
+
+
+def module_weights(model: torch.nn.Module, cfg: dict, groups: dict[str, str]) -> tuple[dict[str, int], int]:
+    """Weights each module would quantize (its Conv/Linear/attention weights, exclusions
+    left out) and the count of every other parameter (kept float)."""
+    excluded = [pattern_of(p, groups) for p in cfg["quantize"]["exclude"]]
+    layers = {n: m for n, m in quantizable(model).items() if not any(p.fullmatch(n) for p in excluded)}
+    counts = {}
+    for module, pattern in groups.items():
+        regex = pattern_of(module, groups)
+        counts[module] = sum(
+            (m.in_proj_weight.numel() + m.out_proj.weight.numel()) if isinstance(m, torch.nn.MultiheadAttention)
+            else m.weight.numel() for n, m in layers.items() if regex.fullmatch(n))
+    rest = sum(p.numel() for p in model.parameters()) - sum(counts.values())
+    return counts, rest
+
+
+def run_mqat(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: torch.device,
+             init: Path) -> dict:
+    """Sensitivity cube -> flow -> bit plan -> staged QAT of every planned candidate in the
+    flow; the best candidate is the MQAT result (`mqat/result.json`)."""
+    settings = cfg["mqat"]
+    ledger, runs, start = _searches(task, cfg, world, logbook, device, init)
+    sens = _sensitivity(task, cfg, world, logbook, ledger, runs, start)
+    run = ledger.cached(runs)
+    modules = list(task.groups)
+    if settings["flow"] == "exhaustive":
+        order, flow_evidence = exhaustive_flow(modules, run, settings["probe_bits"])
+    else:
+        order, flow_evidence = sens.ranking, [{"ranking": sens.singles}]
+    weights, rest = module_weights(task.build_network(), cfg, task.groups)
+    plan = plan_bits(modules, settings["grid"], weights, rest, settings["min_compression"], sens,
+                     settings["tolerance"])
+    logbook.write_json("mqat/flow.json", {"order": order, "mode": settings["flow"], "evidence": flow_evidence})
+    logbook.write_json("mqat/bit_plan.json", {"candidates": plan.candidates, "full_grid": plan.full_grid,
+                                              "fixed": plan.fixed, "weights": weights, "rest": rest})
+    if world.is_main:
+        print(f"flow {' -> '.join(order)}; bit search: {len(plan.candidates)} candidate runs instead of "
+              f"the full grid's {plan.full_grid} (pinned to the lowest bits: {plan.fixed or 'none'})", flush=True)
+    bits, evidence = bit_search(plan, order, run)
+    float_size = model_size({m: FLOAT for m in modules}, weights, rest)
+    best = ledger.entries[next(k for k, e in ledger.entries.items() if e["bits"] == bits and e["order"] == order)]
+    result = {"bits": bits, "order": order, "metric": best["metric"], "float_metric": sens.float_metric,
+              "compression": float_size / model_size(bits, weights, rest), "experiment": best["experiment"],
+              "candidates": evidence}
+    logbook.write_json("mqat/result.json", result)
+    if world.is_main:
+        print(f"MQAT: bits {', '.join(f'{m} {b}' for m, b in bits.items())}, flow {' -> '.join(order)}: "
+              f"{task.best_metric} {result['metric']:.2f} (float {sens.float_metric:.2f}) at "
+              f"{result['compression']:.2f}x compression", flush=True)
+    return result
