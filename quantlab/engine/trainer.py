@@ -105,7 +105,7 @@ class Trainer:
             self.restore(checkpoint.load(path), str(path))
 
     # training ------------------------------------------------------------------------------
-    def _train_loader(self) -> tuple[Any, DistributedSampler, DataLoader]:
+    def train_loader(self) -> tuple[Any, DistributedSampler, DataLoader]:
         data = self.task.dataset("train", train=True)
         sampler = DistributedSampler(data, num_replicas=self.world.size, rank=self.world.rank,
                                      shuffle=True, seed=self.cfg["seed"], drop_last=True)
@@ -119,7 +119,7 @@ class Trainer:
         `quantize.calibration_batches` training batches of every rank (ranks combine)."""
         if not calibration.pending(self.model):
             return
-        data, sampler, loader = self._train_loader()
+        data, sampler, loader = self.train_loader()
         sampler.set_epoch(self.epoch)
         data.set_epoch(self.epoch)
         count = self.cfg["quantize"]["calibration_batches"]
@@ -131,7 +131,7 @@ class Trainer:
     def fit(self) -> dict[str, float] | None:
         self.sync()
         self.calibrate()
-        data, sampler, loader = self._train_loader()
+        data, sampler, loader = self.train_loader()
         metrics = None
         for epoch in range(self.epoch, self.train_cfg["epochs"]):
             sampler.set_epoch(epoch)

@@ -10,7 +10,7 @@ from quantlab.engine import distributed as dist
 from quantlab.engine.logbook import Logbook
 from quantlab.engine.task import Task
 from quantlab.engine.trainer import Trainer
-from quantlab.mqat.ledger import Ledger
+from quantlab.mqat.ledger import Ledger, candidate_key
 from quantlab.mqat.runner import StagedRuns
 from quantlab.mqat.search import (FLOAT, Sensitivity, bit_search, exhaustive_flow, model_size, plan_bits,
                                   sensitivity)
@@ -112,7 +112,7 @@ def run_mqat(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device:
               f"the full grid's {plan.full_grid} (pinned to the lowest bits: {plan.fixed or 'none'})", flush=True)
     bits, evidence = bit_search(plan, order, run)
     float_size = model_size({m: FLOAT for m in modules}, weights, rest)
-    best = ledger.entries[next(k for k, e in ledger.entries.items() if e["bits"] == bits and e["order"] == order)]
+    best = ledger.entries[candidate_key(bits, order)]
     result = {"bits": bits, "order": order, "metric": best["metric"], "float_metric": sens.float_metric,
               "compression": float_size / model_size(bits, weights, rest), "experiment": best["experiment"],
               "candidates": evidence}

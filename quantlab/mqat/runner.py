@@ -56,9 +56,10 @@ class StagedRuns:
 
     def _train(self, child: Logbook, cfg: dict, source: Path) -> dict[str, float]:
         last = child.saves / "last.pt"
-        finished = last.is_file() and checkpoint.load(last)["epoch"] >= cfg["training"]["epochs"]
-        if finished:
-            return checkpoint.load(last)["metrics"]
+        if last.is_file():
+            state = checkpoint.load(last)
+            if state["epoch"] >= cfg["training"]["epochs"]:
+                return state["metrics"]  # a finished stage is never trained again
         if not last.is_file():
             child.create(cfg)
         trainer = Trainer(self.task, cfg, self.world, child, self.device,

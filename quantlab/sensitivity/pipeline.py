@@ -31,7 +31,7 @@ def traces(trainer: Trainer, layers: list[str], batches: int, samples: int, seed
     """Per-layer Hessian traces of the training loss, averaged over this rank's first
     `batches` training batches and then over ranks."""
     task, model = trainer.task, trainer.model
-    _, sampler, loader = trainer._train_loader()
+    _, sampler, loader = trainer.train_loader()
     sampler.set_epoch(0)
     model.eval()
 
