@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import horovod.torch as hvd
 import torch
@@ -62,12 +62,27 @@ def broadcast_training_state(model: torch.nn.Module, optimizer: torch.optim.Opti
 
     `stateful` maps names to objects with state_dict/load_state_dict (scheduler, quantization
     controllers, ...): each is broadcast as an object, so later issues only register theirs.
+    The optimizer's state goes as an object too: Horovod's broadcast_optimizer_state takes a
+    zero-gradient step to fill an empty state, and that step applies weight decay to the
+    weights, so a tested checkpoint would not be the one on disk.
     """
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+    optimizer.load_state_dict(broadcast_object(_on_cpu(optimizer.state_dict()), name="state.optimizer"))
     for name, obj in stateful.items():
         state = broadcast_object(obj.state_dict(), name=f"state.{name}")
         obj.load_state_dict(state)
+
+
+def _on_cpu(state: Any) -> Any:
+    """A state dict with its tensors on the CPU, so it travels as an object between ranks
+    (`Optimizer.load_state_dict` moves them back to each parameter's device)."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {k: _on_cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_on_cpu(v) for v in state)
+    return state
 
 
 def average_buffers(model: torch.nn.Module) -> None:
@@ -103,9 +118,12 @@ def allreduce_statistic(value: torch.Tensor, reduction: str, name: str) -> torch
     return hvd.allreduce(value.detach(), op=ops[reduction], name=name)
 
 
-def shard(indices: Sequence[int], world: World) -> list[int]:
-    """This rank's share of an evaluation set: every index exactly once over all ranks."""
-    return list(indices[world.rank::world.size])
+def shard_batches(count: int, batch_size: int, world: World) -> list[list[int]]:
+    """This rank's share of an evaluation set, as whole batches of consecutive indices dealt
+    round-robin: every index exactly once over all ranks, and every sample always computed
+    in the same batch whatever the number of ranks, so predictions do not depend on it."""
+    batches = [list(range(i, min(i + batch_size, count))) for i in range(0, count, batch_size)]
+    return batches[world.rank::world.size]
 
 
 def state_digest(model: torch.nn.Module) -> str:

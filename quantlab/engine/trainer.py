@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -227,9 +227,9 @@ class Trainer:
     def evaluate(self, split: str, tag: str, quiet: bool = False) -> dict[str, float]:
         """Predict on this rank's shard, gather every rank's predictions, score on rank 0."""
         data = self.task.dataset(split, train=False)
-        mine = Subset(data, dist.shard(range(len(data)), self.world))
-        loader = DataLoader(mine, batch_size=self.cfg["evaluation"]["batch_size"],
-                            collate_fn=self.task.collate, num_workers=self.cfg["engine"]["workers"])
+        batches = dist.shard_batches(len(data), self.cfg["evaluation"]["batch_size"], self.world)
+        loader = DataLoader(data, batch_sampler=batches, collate_fn=self.task.collate,
+                            num_workers=self.cfg["engine"]["workers"])
         self.model.eval()
         predictions: list[dict] = []
         for batch in tqdm(loader, desc=f"eval {split}", disable=not self.world.is_main, leave=False,
