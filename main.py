@@ -14,7 +14,8 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
-MODES = ("train", "test", "export", "sensitivity", "mqat", "hawq")
+MODES = ("train", "test", "export", "sensitivity", "mqat", "hawq", "table")
+TABLES = ("all", "cube", "module_bits", "compression", "depth")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -27,6 +28,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", default="mini", help="config profile of a new experiment (mini, paper)")
     p.add_argument("--ckpt", default="best",
                    help="for test / export: last, best, an epoch number, or a file path")
+    p.add_argument("--table", choices=TABLES, default="all",
+                   help="for --mode table: which table of a finished mqat experiment (--exp_id)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set training.epochs=5 (repeatable)")
     return p.parse_args(argv)
@@ -75,6 +78,22 @@ def report_quantization(trainer, logbook, is_main: bool) -> None:
         print(size_table(report), flush=True)
 
 
+def tables(args: argparse.Namespace, cfg: dict, world, logbook, data_root: Path) -> int:
+    """Assemble the paper's tables from the finished experiment --exp_id (no training)."""
+    from quantlab.engine.errors import ConfigError
+    from quantlab.mqat.tables import NAMES, write_tables
+    if args.exp_id is None or not (logbook.root / "mqat").is_dir():
+        raise ConfigError(f"--mode table reads a finished --mode mqat experiment: pass its --exp_id "
+                          f"({logbook.root / 'mqat'} not found)")
+    task = importlib.import_module(f"problems.{args.problem}.{args.topology}").build_task(cfg, data_root)
+    names = list(NAMES) if args.table == "all" else [args.table]
+    markdown = write_tables(logbook.root, names, list(task.groups), task.best_metric, task.published,
+                            world.is_main)
+    if world.is_main:
+        print(f"{markdown}\n\ntables written to {logbook.root / 'tables'}", flush=True)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from quantlab.engine import distributed as dist
     from quantlab.engine.config import apply_overrides, build_config
@@ -101,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
             Logbook.next_id(logs_root, args.problem, args.topology) if world.is_main else None, "exp_id")
     logbook = Logbook(logs_root, args.problem, args.topology, exp_id, writer=world.is_main)
     resuming = args.exp_id is not None
+    if args.mode == "table":
+        return tables(args, cfg, world, logbook, data_root)
     if not resuming or (args.overrides and args.mode == "train"):
         logbook.create(cfg)  # a new experiment, or the overrides a continued run uses
     if world.is_main:

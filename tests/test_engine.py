@@ -259,12 +259,20 @@ def test_hawq_mode_allocates_bits_under_the_budget_and_trains_them(storage):
     qat = load(exp_dir(storage, 1) / "children" / "qat" / "saves" / "last.pt")
     assert {r["layer"]: r["bits"] for r in qat["quant_layers"]} == result["bits"]
     assert "HAWQ-V3 allocation" in out.stdout and "metric" in result
+    # continuing the experiment keeps the allocation and the finished QAT child
+    stamps = {p: p.stat().st_mtime_ns for p in (exp_dir(storage, 1)).rglob("*.pt")}
+    again = run(main_cmd("--mode", "hawq", "--exp_id", "1"), storage)
+    assert again.returncode == 0, again.stderr
+    assert {p: p.stat().st_mtime_ns for p in (exp_dir(storage, 1)).rglob("*.pt")} == stamps
+    assert "HAWQ-V3 allocation" not in again.stdout
 
 
 def test_mqat_mode_runs_sensitivity_flow_and_bit_search_to_a_compressed_model(storage):
     assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
     sets = ["quantize.init=0", "mqat.stage_epochs=1", "quantize.inq_schedule={0: 1.0}", "mqat.grid=[2, 8]",
-            "mqat.min_compression=4.0"]
+            "mqat.min_compression=4.0", "mqat.baselines.uniform_algorithms=[lsq]", "mqat.baselines.uniform_bits=[8]",
+            "mqat.baselines.ablation_module=fpn", "mqat.baselines.ablation_bits=[8, 2, 1]",
+            "hawq.epochs=1", "hawq.samples=2", "hawq.batches=1"]
     out = run(main_cmd("--mode", "mqat", sets=sets), storage)
     assert out.returncode == 0, out.stdout + out.stderr
     exp = exp_dir(storage, 1)
@@ -278,3 +286,27 @@ def test_mqat_mode_runs_sensitivity_flow_and_bit_search_to_a_compressed_model(st
     quantized = {r["layer"].split(".")[0]: r["bits"] for r in final["quant_layers"]}
     assert quantized == {m: b for m, b in result["bits"].items() if b != 32}
     assert "MQAT: bits" in out.stdout
+    # baselines: the uniform LSQ run quantizes every module at 8 bits, the 1-bit FPN is the
+    # sign code, the 2-bit FPN is the cube's probe (not run again)
+    ledger = json.loads((exp / "mqat" / "ledger.json").read_text())
+    uniform = load(Path(ledger["lsq:backbone=8,fpn=8,head=8|"]["experiment"]) / "saves" / "last.pt")
+    assert {(r["layer"].split(".")[0], r["algorithm"], r["bits"]) for r in uniform["quant_layers"]} == {
+        (m, "lsq", 8) for m in ("backbone", "fpn", "head")}
+    one = load(Path(ledger["backbone=32,fpn=1,head=32|"]["experiment"]) / "saves" / "last.pt")
+    assert {(r["algorithm"], r["bits"]) for r in one["quant_layers"]} == {("symmetric", 1)}
+    assert len(list((exp / "children").glob("backbone32_fpn2_head32__"))) == 1
+    baselines = json.loads((exp / "mqat" / "baselines.json").read_text())
+    assert [r["bits"] for r in baselines["ablation"]["rows"]] == [8, 2, 1]
+    assert baselines["hawq"]["compression"] >= 4.0
+    # all four tables printed and written, with the paper's numbers beside ours
+    for name in ("cube", "module_bits", "compression", "depth"):
+        assert (exp / "tables" / f"{name}.md").is_file() and (exp / "tables" / f"{name}.csv").is_file()
+    compression = (exp / "tables" / "compression.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in compression[1:]] == ["float", "LSQ uniform", "HAWQ-V3", "MQAT"]
+    assert "| 32 | 2 | 32 |" in out.stdout and "83.80" in out.stdout
+    # --mode table rebuilds one table from the finished experiment, identical
+    cube = (exp / "tables" / "cube.md").read_text()
+    (exp / "tables" / "cube.md").unlink()
+    table = run(main_cmd("--mode", "table", "--exp_id", "1", "--table", "cube"), storage)
+    assert table.returncode == 0, table.stderr
+    assert (exp / "tables" / "cube.md").read_text() == cube and "### Module cube" in table.stdout

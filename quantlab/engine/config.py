@@ -129,3 +129,16 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 def dump(cfg: Config) -> str:
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+
+
+def child_config(cfg: Config, init: str, rules: list[dict], epochs: int) -> Config:
+    """The configuration of a QAT child run a search launches (an MQAT stage or probe, a
+    uniform or HAWQ-V3 baseline): start from `init`, quantize by `rules`, train `epochs`,
+    with `quantize.child_training` laid over `training` (checked against its keys)."""
+    child = copy.deepcopy(cfg)
+    child["quantize"]["init"] = init
+    child["quantize"]["rules"] = rules
+    child["training"] = merge_checked(cfg["training"], cfg["quantize"]["child_training"],
+                                      "config key 'quantize.child_training'", "training.")
+    child["training"]["epochs"] = epochs
+    return child

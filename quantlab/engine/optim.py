@@ -20,8 +20,21 @@ def build_optimizer(params, cfg: dict, world_size: int, lr_scaling: str) -> torc
     raise ConfigError(f"config key 'training.optimizer': expected sgd or adamw, got {name!r}")
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, cfg: dict) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch schedule: optional linear warm-up, then multistep, cosine or constant."""
+def inq_multiplier(steps: list[int], decay_after: int = 2, factor: float = 0.1):
+    """The MQAT reference code's lr multiplier for INQ: back to 1 at every INQ step (an
+    epoch of the frozen-fraction schedule) and x`factor` from `decay_after` epochs later."""
+    ordered = sorted(steps)
+
+    def multiplier(epoch: int) -> float:
+        last = max((s for s in ordered if s <= epoch), default=0)
+        return 1.0 if epoch - last < decay_after else factor
+    return multiplier
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, cfg: dict,
+                   inq_steps: list[int] | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch schedule: optional linear warm-up, then multistep, cosine, constant, or
+    `inq` (the multiplier of `inq_multiplier` over the epochs of `quantize.inq_schedule`)."""
     sched = cfg["schedule"]
     epochs, warmup = cfg["epochs"], sched["warmup_epochs"]
     kind = sched["type"]
@@ -31,10 +44,12 @@ def build_schedule(optimizer: torch.optim.Optimizer, cfg: dict) -> torch.optim.l
     elif kind == "cosine":
         main = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(1, epochs - warmup), eta_min=optimizer.param_groups[0]["lr"] * sched["final_fraction"])
+    elif kind == "inq":
+        main = torch.optim.lr_scheduler.LambdaLR(optimizer, inq_multiplier([e - warmup for e in inq_steps or [0]]))
     elif kind == "constant":
         main = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     else:
-        raise ConfigError(f"config key 'training.schedule.type': expected multistep, cosine or constant, got {kind!r}")
+        raise ConfigError(f"config key 'training.schedule.type': expected multistep, cosine, constant or inq, got {kind!r}")
     if warmup <= 0:
         return main
     ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=sched["warmup_factor"],

@@ -23,6 +23,8 @@ class Task(ABC):
     groups: dict[str, str] = {}
     #: where the MQAT reference code's wrapper puts this network's keys (e.g. "model.")
     reference_prefix: str = ""
+    #: the paper's numbers for --mode table (layout in quantlab.mqat.tables), best_metric's units
+    published: dict = {}
 
     def __init__(self, cfg: dict, data_root: Path) -> None:
         self.cfg = cfg

@@ -56,7 +56,8 @@ class Trainer:
         base = build_optimizer(self.model.parameters(), self.train_cfg, world.size,
                                cfg["engine"]["lr_scaling"])
         self.optimizer = dist.distributed_optimizer(base, self.model)
-        self.schedule = build_schedule(self.optimizer, self.train_cfg)
+        self.schedule = build_schedule(self.optimizer, self.train_cfg,
+                                       [int(e) for e in cfg["quantize"]["inq_schedule"]])
         self.controllers = controllers
         self.stateful: dict[str, Any] = {"schedule": self.schedule, **controllers}
         self.epoch = 0

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def candidate_key(bits: dict[str, int], order: list[str] | None) -> str:
-    """E.g. 'backbone=32,fpn=2,head=32|fpn>head>backbone' (order part empty when unordered)."""
+def candidate_key(bits: dict[str, int], order: list[str] | None, algorithm: str | None = None) -> str:
+    """E.g. 'backbone=32,fpn=2,head=32|fpn>head>backbone' (order part empty when unordered);
+    runs with another algorithm than MQAT's own (the uniform baselines) are prefixed 'lsq:'."""
     part = ",".join(f"{m}={bits[m]}" for m in sorted(bits))
-    return f"{part}|{'>'.join(order or [])}"
+    return f"{algorithm + ':' if algorithm else ''}{part}|{'>'.join(order or [])}"
 
 
 class Ledger:
@@ -34,11 +35,11 @@ class Ledger:
         tmp.write_text(json.dumps(self.entries, indent=2, sort_keys=True))
         os.replace(tmp, self.path)
 
-    def cached(self, run: Callable[[dict[str, int], list[str] | None], dict[str, Any]]
-               ) -> Callable[[dict[str, int], list[str] | None], dict[str, Any]]:
+    def cached(self, run: Callable[[dict[str, int], list[str] | None], dict[str, Any]],
+               algorithm: str | None = None) -> Callable[[dict[str, int], list[str] | None], dict[str, Any]]:
         """`run` that answers finished candidates from the ledger and records new ones."""
         def wrapped(bits: dict[str, int], order: list[str] | None) -> dict[str, Any]:
-            key = candidate_key(bits, order)
+            key = candidate_key(bits, order, algorithm)
             if key not in self.entries:
                 self.record(key, {"bits": bits, "order": order, **run(bits, order)})
             return self.entries[key]

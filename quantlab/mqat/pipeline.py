@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from quantlab.engine import distributed as dist
+from quantlab.engine.errors import ConfigError
 from quantlab.engine.logbook import Logbook
 from quantlab.engine.task import Task
 from quantlab.engine.trainer import Trainer
@@ -14,6 +15,8 @@ from quantlab.mqat.ledger import Ledger, candidate_key
 from quantlab.mqat.runner import StagedRuns
 from quantlab.mqat.search import (FLOAT, Sensitivity, bit_search, exhaustive_flow, model_size, plan_bits,
                                   sensitivity)
+from quantlab.mqat.tables import NAMES, write_tables
+from quantlab.sensitivity.pipeline import run_hawq
 from quantlab.quant.editing import pattern_of, quantizable
 
 
@@ -31,7 +34,7 @@ def float_metric(task: Task, cfg: dict, world: dist.World, logbook: Logbook, dev
             metrics = trainer.evaluate(cfg["engine"]["eval_split"], "float", quiet=True)
         finally:
             trainer.close()
-        return {"metric": metrics[task.best_metric]}
+        return {"metric": metrics[task.best_metric], "metrics": metrics}
     return ledger.cached(evaluate)({m: FLOAT for m in task.groups}, None)["metric"]
 
 
@@ -113,7 +116,9 @@ def run_mqat(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device:
     bits, evidence = bit_search(plan, order, run)
     float_size = model_size({m: FLOAT for m in modules}, weights, rest)
     best = ledger.entries[candidate_key(bits, order)]
-    result = {"bits": bits, "order": order, "metric": best["metric"], "float_metric": sens.float_metric,
+    floats = ledger.entries[candidate_key({m: FLOAT for m in modules}, None)]
+    result = {"bits": bits, "order": order, "metric": best["metric"], "metrics": best.get("metrics", {}),
+              "float_metric": sens.float_metric, "float_metrics": floats.get("metrics", {}),
               "compression": float_size / model_size(bits, weights, rest), "experiment": best["experiment"],
               "candidates": evidence}
     logbook.write_json("mqat/result.json", result)
@@ -121,4 +126,42 @@ def run_mqat(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device:
         print(f"MQAT: bits {', '.join(f'{m} {b}' for m, b in bits.items())}, flow {' -> '.join(order)}: "
               f"{task.best_metric} {result['metric']:.2f} (float {sens.float_metric:.2f}) at "
               f"{result['compression']:.2f}x compression", flush=True)
+    run_baselines(task, cfg, world, logbook, device, init, ledger, weights, rest)
+    markdown = write_tables(logbook.root, list(NAMES), modules, task.best_metric, task.published, world.is_main)
+    if world.is_main:
+        print(f"\n{markdown}\n\ntables written to {logbook.root / 'tables'}", flush=True)
     return result
+
+
+def run_baselines(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: torch.device,
+                  init: Path, ledger: Ledger, weights: dict[str, int], rest: int) -> dict:
+    """What the tables compare MQAT with (`mqat.baselines`), each run once (ledger or
+    finished child): one module alone at each ablation bit-width, uniform QAT of every
+    module per algorithm and bits, and HAWQ-V3 in the child `hawq`. `mqat/baselines.json`."""
+    settings, modules = cfg["mqat"]["baselines"], list(task.groups)
+    float_size = model_size({m: FLOAT for m in modules}, weights, rest)
+    out: dict = {}
+    module = settings["ablation_module"]
+    if module is not None and settings["ablation_bits"]:
+        if module not in modules:
+            raise ConfigError(f"config key 'mqat.baselines.ablation_module': {module!r} is not one of {modules}")
+        run = ledger.cached(StagedRuns(task, cfg, world, logbook, device, init))
+        rows = []
+        for b in settings["ablation_bits"]:
+            bits = {m: b if m == module else FLOAT for m in modules}
+            rows.append({"bits": b, "metric": run(bits, None)["metric"],
+                         "compression": float_size / model_size(bits, weights, rest)})
+        out["ablation"] = {"module": module, "rows": rows}
+    epochs = cfg["mqat"]["stage_epochs"] * len(modules)
+    out["uniform"] = []
+    for algorithm in settings["uniform_algorithms"]:
+        run = ledger.cached(StagedRuns(task, cfg, world, logbook, device, init, algorithm, epochs), algorithm)
+        for b in settings["uniform_bits"]:
+            bits = {m: b for m in modules}
+            out["uniform"].append({"algorithm": algorithm, "bits": b, "metric": run(bits, None)["metric"],
+                                   "compression": float_size / model_size(bits, weights, rest)})
+    if settings["hawq"]:
+        hawq = run_hawq(task, cfg, world, logbook.child("hawq"), device, init)
+        out["hawq"] = {k: hawq[k] for k in ("metric", "compression", "bits", "experiment")}
+    logbook.write_json("mqat/baselines.json", out)
+    return out

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import re
 from pathlib import Path
 
 import torch
 
 from quantlab.engine import distributed as dist
+from quantlab.engine.children import fit_child
+from quantlab.engine.config import child_config
 from quantlab.engine.logbook import Logbook
 from quantlab.engine.task import Task, to_device
 from quantlab.engine.trainer import Trainer
@@ -44,8 +47,9 @@ def traces(trainer: Trainer, layers: list[str], batches: int, samples: int, seed
     return dist.allreduce_mean(local, name="hawq.traces")
 
 
-def run_hawq(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: torch.device,
+def allocate(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: torch.device,
              init: Path) -> dict:
+    """Hessian traces of the float model, sensitivities per candidate bits, the ILP."""
     settings = cfg["hawq"]
     float_cfg = copy.deepcopy(cfg)
     float_cfg["quantize"]["rules"] = []
@@ -65,26 +69,29 @@ def run_hawq(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device:
     budget = float_bits / settings["min_compression"] - rest_bits
     allocation = solve(Problem(sens, size, budget, dict(settings["fixed"]), [list(g) for g in settings["tied"]]))
     compression = float_bits / (allocation.size + rest_bits)
-    result = {"traces": trace, "sensitivity": sens, "bits": allocation.bits, "objective": allocation.objective,
-              "compression": compression}
-    logbook.write_json("hawq/allocation.json", result)
     if world.is_main:
         counts = {b: sum(1 for v in allocation.bits.values() if v == b) for b in bits}
         print(f"HAWQ-V3 allocation over {len(layers)} layers at >= {settings['min_compression']}x: "
               + ", ".join(f"{c} x {b}-bit" for b, c in counts.items()) + f"; compression {compression:.2f}x",
               flush=True)
-    qat_cfg = copy.deepcopy(cfg)
-    qat_cfg["quantize"]["init"] = str(init)
-    qat_cfg["quantize"]["rules"] = [{"modules": re.escape(layer), "algorithm": settings["algorithm"], "bits": b}
-                                    for layer, b in allocation.bits.items()]
-    qat_cfg["training"]["epochs"] = settings["epochs"]
-    child = logbook.child("qat")
-    child.create(qat_cfg)
-    trainer = Trainer(task, qat_cfg, world, child, device, init=init)
-    try:
-        metrics = trainer.fit()
-    finally:
-        trainer.close()
-    result["metric"] = metrics[task.best_metric]
+    return {"traces": trace, "sensitivity": sens, "bits": allocation.bits, "objective": allocation.objective,
+            "compression": compression}
+
+
+def run_hawq(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: torch.device,
+             init: Path) -> dict:
+    """The allocation (`hawq/allocation.json`), then QAT at its bits in the child `qat`;
+    a resumed run keeps a finished allocation and continues the QAT child."""
+    settings = cfg["hawq"]
+    record = logbook.root / "hawq" / "allocation.json"
+    result = json.loads(record.read_text()) if record.is_file() else None
+    if result is None:
+        result = allocate(task, cfg, world, logbook, device, init)
+        logbook.write_json("hawq/allocation.json", result)
+    rules = [{"modules": re.escape(layer), "algorithm": settings["algorithm"], "bits": b}
+             for layer, b in result["bits"].items()]
+    metrics = fit_child(task, child_config(cfg, str(init), rules, settings["epochs"]), world,
+                        logbook.child("qat"), device, init)
+    result.update(metric=metrics[task.best_metric], metrics=metrics, experiment=str(logbook.child("qat").root))
     logbook.write_json("hawq/allocation.json", result)
     return result

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.data import Dataset
 
 from problems.SwissCube import evaluation
@@ -66,6 +67,7 @@ class WidedepthTask(Task):
     best_metric = "ADI-0.1d/all"
     groups = GROUPS
     reference_prefix = "model."
+    published = yaml.safe_load((Path(__file__).with_name("published.yaml")).read_text())
 
     def __init__(self, cfg: dict, data_root: Path) -> None:
         super().__init__(cfg, data_root)
