@@ -302,7 +302,10 @@ def test_mqat_mode_runs_sensitivity_flow_and_bit_search_to_a_compressed_model(st
     for name in ("cube", "module_bits", "compression", "depth"):
         assert (exp / "tables" / f"{name}.md").is_file() and (exp / "tables" / f"{name}.csv").is_file()
     compression = (exp / "tables" / "compression.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in compression[1:]] == ["float", "LSQ uniform", "HAWQ-V3", "MQAT"]
+    assert [line.split(",")[0] for line in compression[1:]] == [
+        "float", "float fine-tuned", "LSQ uniform", "HAWQ-V3", "MQAT"]
+    tuned = load(Path(ledger["finetune:backbone=32,fpn=32,head=32|"]["experiment"]) / "saves" / "last.pt")
+    assert tuned["quant_layers"] == [] and tuned["epoch"] == 1
     assert "| 32 | 2 | 32 |" in out.stdout and "83.80" in out.stdout
     # --mode table rebuilds one table from the finished experiment, identical
     cube = (exp / "tables" / "cube.md").read_text()

@@ -26,6 +26,7 @@ def experiment(tmp_path):
         "bits": {"backbone": 8, "fpn": 2}, "order": ["fpn", "backbone"], "metric": 55.0, "compression": 7.0,
         "metrics": {"A/near": 58.0, "A/all": 55.0}, "float_metrics": {"A/near": 61.0, "A/all": 60.0}}))
     (mqat / "baselines.json").write_text(json.dumps({
+        "float_finetune": 58.0,
         "ablation": {"module": "fpn", "rows": [{"bits": 8, "metric": 59.0, "compression": 1.5}]},
         "uniform": [{"algorithm": "lsq", "bits": 4, "metric": 40.0, "compression": 7.5}]}))
     return tmp_path
@@ -40,9 +41,11 @@ def test_tables_put_ours_beside_the_papers_numbers(tmp_path):
     text = write_tables(folder, ["cube", "module_bits", "compression", "depth"], MODULES, "A/all", PUBLISHED)
     assert rows(folder, "cube")[1:] == [["32", "32", "60.0", "0.0", "70.0", "0.0"],
                                         ["32", "2", "50.0", "-10.0", "75.0", "5.0"]]
-    assert rows(folder, "module_bits")[1:] == [["FP", "1.0", "60.0", "70.0"], ["8", "1.5", "59.0", "69.0"]]
+    assert rows(folder, "module_bits")[1:] == [["FP", "1.0", "60.0", "70.0"], ["FP fine-tuned", "1.0", "58.0", ""],
+                                               ["8", "1.5", "59.0", "69.0"]]
     # MQAT at 7x is set beside the paper's nearest point (8x); no paper point: empty
     assert rows(folder, "compression")[1:] == [["float", "FP", "1.0", "60.0", "", ""],
+                                               ["float fine-tuned", "FP", "1.0", "58.0", "", ""],
                                                ["LSQ uniform", "4", "7.5", "40.0", "", ""],
                                                ["MQAT", "8-2 (fpn > backbone)", "7.0", "55.0", "8.0", "72.0"]]
     assert rows(folder, "depth")[1:] == [["float", "ours", "61.0", "60.0"], ["float", "paper", "80.0", "70.0"],
@@ -53,7 +56,8 @@ def test_tables_put_ours_beside_the_papers_numbers(tmp_path):
 def test_a_missing_experiment_file_leaves_cells_empty(tmp_path):
     (tmp_path / "mqat").mkdir()
     write_tables(tmp_path, ["compression"], MODULES, "A/all", {})
-    assert rows(tmp_path, "compression")[1:] == [["float", "FP", "1.0", "", "", ""]]
+    assert rows(tmp_path, "compression")[1:] == [["float", "FP", "1.0", "", "", ""],
+                                                 ["float fine-tuned", "FP", "1.0", "", "", ""]]
 
 
 def test_inq_multiplier_resets_at_each_step_and_decays_two_epochs_later():

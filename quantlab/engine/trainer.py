@@ -175,7 +175,7 @@ class Trainer:
                 controller.after_step(self.optimizer)
             meter.update(terms, len(batch["index"]))
             if self.world.is_main:
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         self.schedule.step()
         return dist.allreduce_mean(meter.means(), name=f"train.terms.{epoch}")
 

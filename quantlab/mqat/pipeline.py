@@ -12,7 +12,7 @@ from quantlab.engine.logbook import Logbook
 from quantlab.engine.task import Task
 from quantlab.engine.trainer import Trainer
 from quantlab.mqat.ledger import Ledger, candidate_key
-from quantlab.mqat.runner import StagedRuns
+from quantlab.mqat.runner import FINETUNE, StagedRuns
 from quantlab.mqat.search import (FLOAT, Sensitivity, bit_search, exhaustive_flow, model_size, plan_bits,
                                   sensitivity)
 from quantlab.mqat.tables import NAMES, write_tables
@@ -136,8 +136,9 @@ def run_mqat(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device:
 def run_baselines(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: torch.device,
                   init: Path, ledger: Ledger, weights: dict[str, int], rest: int) -> dict:
     """What the tables compare MQAT with (`mqat.baselines`), each run once (ledger or
-    finished child): one module alone at each ablation bit-width, uniform QAT of every
-    module per algorithm and bits, and HAWQ-V3 in the child `hawq`. `mqat/baselines.json`."""
+    finished child): the float model fine-tuned like a probe (what fine-tuning alone
+    does), one module alone at each ablation bit-width, uniform QAT of every module per
+    algorithm and bits, and HAWQ-V3 in the child `hawq`. `mqat/baselines.json`."""
     settings, modules = cfg["mqat"]["baselines"], list(task.groups)
     float_size = model_size({m: FLOAT for m in modules}, weights, rest)
     out: dict = {}
@@ -152,6 +153,9 @@ def run_baselines(task: Task, cfg: dict, world: dist.World, logbook: Logbook, de
             rows.append({"bits": b, "metric": run(bits, None)["metric"],
                          "compression": float_size / model_size(bits, weights, rest)})
         out["ablation"] = {"module": module, "rows": rows}
+    if settings["float_finetune"]:
+        run = ledger.cached(StagedRuns(task, cfg, world, logbook, device, init, FINETUNE), FINETUNE)
+        out["float_finetune"] = run({m: FLOAT for m in modules}, None)["metric"]
     epochs = cfg["mqat"]["stage_epochs"] * len(modules)
     out["uniform"] = []
     for algorithm in settings["uniform_algorithms"]:

@@ -19,6 +19,7 @@ from quantlab.mqat.ledger import candidate_key
 from quantlab.mqat.search import FLOAT
 
 SIGN = "symmetric"  # the 1-bit sign code, for bits below what INQ and LSQ take
+FINETUNE = "finetune"  # the tag of a run that quantizes nothing: float fine-tuning alone
 
 
 class StagedRuns:
@@ -38,7 +39,8 @@ class StagedRuns:
         return child_config(self.cfg, str(source), rules, self.epochs)
 
     def stages(self, bits: dict[str, int], order: list[str] | None) -> list[list[str]]:
-        """One stage per module in the flow `order`; without an order, one stage for all."""
+        """One stage per module in the flow `order`; without an order, one stage for all
+        (with no module quantized: one float fine-tuning stage)."""
         if order is None:
             return [[m for m in self.modules if bits[m] != FLOAT]]
         return [[m] for m in order if bits[m] != FLOAT]
@@ -53,5 +55,5 @@ class StagedRuns:
                                 self.device, source)
             source = child.saves / "last.pt"
         if child is None:
-            raise ValueError(f"candidate {bits} quantizes no module")
+            raise ValueError(f"candidate {bits} in flow {order} has no stage")
         return {"metric": metrics[self.task.best_metric], "metrics": metrics, "experiment": str(child.root)}

@@ -87,7 +87,8 @@ def module_bits(folder: Path, modules: list[str], metric: str, published: dict) 
     ablation = base.get("ablation", {})
     module = ablation.get("module") or published.get("module_bits", {}).get("module", "module")
     paper = {int(k): v for k, v in published.get("module_bits", {}).get("rows", {}).items()}
-    rows = [["FP", 1.0, _read(folder, "sensitivity.json").get("float_metric"), paper.get(FLOAT)]]
+    rows = [["FP", 1.0, _read(folder, "sensitivity.json").get("float_metric"), paper.get(FLOAT)],
+            ["FP fine-tuned", 1.0, base.get("float_finetune"), None]]
     for row in ablation.get("rows", []):
         rows.append([row["bits"], row["compression"], row["metric"], paper.get(row["bits"])])
     return Table("module_bits", f"{module} alone at each bit-width, other modules float, {metric}",
@@ -97,7 +98,8 @@ def module_bits(folder: Path, modules: list[str], metric: str, published: dict) 
 def compression(folder: Path, modules: list[str], metric: str, published: dict) -> Table:
     base, result = _read(folder, "baselines.json"), _read(folder, "result.json")
     ours: list[tuple[str, str, float | None, float | None]] = [
-        ("float", "FP", 1.0, _read(folder, "sensitivity.json").get("float_metric"))]
+        ("float", "FP", 1.0, _read(folder, "sensitivity.json").get("float_metric")),
+        ("float fine-tuned", "FP", 1.0, base.get("float_finetune"))]
     for row in base.get("uniform", []):
         ours.append((f"{row['algorithm'].upper()} uniform", str(row["bits"]), row["compression"], row["metric"]))
     if base.get("hawq"):

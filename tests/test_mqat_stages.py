@@ -1,0 +1,45 @@
+"""An MQAT candidate interrupted in its second stage resumes at that stage and epoch and
+ends exactly where the uninterrupted candidate ends (one Horovod rank, tiny data)."""
+import torch
+
+from quantlab.engine import checkpoint, distributed as dist
+from quantlab.engine.config import build_config
+from quantlab.engine.logbook import Logbook
+from quantlab.engine.trainer import Trainer
+from quantlab.mqat.runner import StagedRuns
+from tests.conftest import REPO
+from tests.test_engine import TINY_SET
+
+
+def setup(tmp_path, tiny_root, name):
+    from problems.SwissCube.Widedepth import build_task
+    cfg = build_config(REPO / "cfg" / "defaults.yaml", REPO / "problems" / "SwissCube" / "Widedepth" / "config.yaml",
+                       "mini", TINY_SET + ["mqat.stage_epochs=2", "quantize.inq_schedule={0: 0.5, 1: 1.0}"])
+    world = dist.init(1)
+    task = build_task(cfg, tiny_root.parent)
+    logbook = Logbook(tmp_path / name, "SwissCube", "Widedepth", 0, writer=True)
+    logbook.create(cfg)
+    float_run = Trainer(task, cfg, world, logbook, torch.device("cpu"))
+    float_run.logbook.save(float_run.state(), 0, keep_numbered=False, is_best=True)
+    float_run.close()
+    return StagedRuns(task, cfg, world, logbook, torch.device("cpu"), logbook.saves / "best.pt"), logbook
+
+
+def test_a_candidate_interrupted_in_stage_two_resumes_there_and_ends_the_same(tmp_path, tiny_root):
+    bits, order = {"backbone": 32, "fpn": 2, "head": 4}, ["fpn", "head"]
+    runs, _ = setup(tmp_path, tiny_root, "a")
+    whole = runs(bits, order)
+    final = checkpoint.load(tmp_path / "a" / "SwissCube" / "Widedepth" / "exp0000" / "children" /
+                            "backbone32_fpn2_head4__fpn-head" / "stage2" / "saves" / "last.pt")
+
+    runs, logbook = setup(tmp_path, tiny_root, "b")
+    runs(bits, order)
+    stage1 = logbook.child("backbone32_fpn2_head4__fpn-head/stage1").saves / "last.pt"
+    stage2 = logbook.child("backbone32_fpn2_head4__fpn-head/stage2").saves
+    checkpoint.link_atomic(stage2 / "epoch_0001.pt", stage2 / "last.pt")  # killed after epoch 1 of stage 2
+    before = stage1.stat().st_mtime_ns
+    again = runs(bits, order)
+    assert stage1.stat().st_mtime_ns == before  # stage 1 is not trained again
+    resumed = checkpoint.load(stage2 / "last.pt")
+    assert resumed["epoch"] == 2 and again["metric"] == whole["metric"]
+    assert resumed["rank_digests"] == final["rank_digests"]  # bit-identical weights
