@@ -119,3 +119,20 @@ def test_hawq_sensitivity_by_hand():
     # mean trace 8 / 4 = 2; 2 bits: errors 0.5, 0, 0.25, 0.25 -> 0.375; 3 bits: 0, 0, 0.25, 0.25 -> 0.125
     assert sens["a"][2] == pytest.approx(2 * 0.375) and sens["a"][3] == pytest.approx(2 * 0.125)
     assert sizes({"a": w}, [2, 3]) == {"a": {2: 8.0, 3: 12.0}}
+
+
+@pytest.mark.parametrize("target", [4.0, 5.0, 5.5])
+def test_average_bit_allocation_keeps_the_range_and_the_average(target):
+    from quantlab.sensitivity.ilp import average_bits
+    rng = np.random.default_rng(int(target * 10))
+    counts = {f"l{i}": int(rng.integers(10, 1000)) for i in range(5)}
+    bits = [3, 4, 5, 6]
+    sens = {l: {b: float(rng.uniform(0.5, 2.0)) * 4.0 ** -b for b in bits} for l in counts}
+    alloc = average_bits(sens, counts, target)
+    assert set(alloc.bits.values()) <= set(bits)
+    total = sum(counts.values())
+    assert sum(counts[l] * b for l, b in alloc.bits.items()) <= target * total + 1e-6
+    best = min((sum(sens[l][b] for l, b in zip(counts, combo)), combo)
+               for combo in itertools.product(bits, repeat=len(counts))
+               if sum(counts[l] * b for l, b in zip(counts, combo)) <= target * total)
+    assert alloc.objective == pytest.approx(best[0])

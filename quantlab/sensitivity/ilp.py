@@ -73,3 +73,12 @@ def solve(problem: Problem) -> Allocation:
     chosen = {layer: b for (layer, b), x in zip(names, result.x) if x > 0.5}
     size = sum(problem.size[layer][b] for layer, b in chosen.items())
     return Allocation(chosen, float(cost @ np.round(result.x)), size)
+
+
+def average_bits(sensitivity: dict[str, dict[int, float]], counts: dict[str, int], target: float,
+                 fixed: dict[str, int] | None = None) -> Allocation:
+    """Minimum total sensitivity with the average weight precision over all weight elements
+    at most `target`: sum_l n_l b_l <= target x sum_l n_l (papers.md C). The candidate bits
+    of each layer (e.g. 3..6) are the keys of its sensitivity."""
+    size = {layer: {b: float(counts[layer] * b) for b in bits} for layer, bits in sensitivity.items()}
+    return solve(Problem(sensitivity, size, target * sum(counts[layer] for layer in sensitivity), fixed or {}))
