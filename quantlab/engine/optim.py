@@ -1,17 +1,32 @@
 """Optimizer and learning-rate schedule from the `training` config section."""
 from __future__ import annotations
 
+import re
+
 import torch
 
 from quantlab.engine.errors import ConfigError
 
 
-def build_optimizer(params, cfg: dict, world_size: int, lr_scaling: str) -> torch.optim.Optimizer:
+def param_groups(named: list[tuple[str, torch.nn.Parameter]], lr: float, factors: dict[str, float]) -> list[dict]:
+    """One group per `training.lr_groups` pattern (lr x its factor; the first pattern that
+    fully matches a parameter's name wins), then one for the rest at `lr`."""
+    patterns = [(re.compile(p), f) for p, f in factors.items()]
+    groups: list[dict] = [{"params": [], "lr": lr * f} for _, f in patterns] + [{"params": [], "lr": lr}]
+    for name, param in named:
+        index = next((i for i, (p, _) in enumerate(patterns) if p.fullmatch(name)), len(patterns))
+        groups[index]["params"].append(param)
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(named: list[tuple[str, torch.nn.Parameter]], cfg: dict, world_size: int,
+                    lr_scaling: str) -> torch.optim.Optimizer:
     """SGD or AdamW; lr x ranks under linear scaling (the batch grows with the ranks)."""
     scale = {"linear": world_size, "none": 1}.get(lr_scaling)
     if scale is None:
         raise ConfigError(f"config key 'engine.lr_scaling': expected linear or none, got {lr_scaling!r}")
     lr = cfg["lr"] * scale
+    params = param_groups(named, lr, cfg.get("lr_groups", {}))  # absent in configs of older experiments
     name = cfg["optimizer"]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])

@@ -73,6 +73,14 @@ class Task(ABC):
     def evaluate(self, predictions: list[dict], dataset: Dataset) -> dict[str, float]:
         """Metrics of the predictions over the whole split (flat dict of numbers)."""
 
+    def critical_loss(self, outputs: Any, batch: Batch) -> dict[str, torch.Tensor]:
+        """The loss of the critical-category objective (Fisher-critical sensitivity)."""
+        raise NotImplementedError(f"{type(self).__name__} has no critical-category objective")
+
+    def balanced_sample(self, count: int, seed: int) -> list[int]:
+        """`count` training indices with the classes represented evenly (trace estimates)."""
+        raise NotImplementedError(f"{type(self).__name__} does not draw class-balanced samples")
+
     def example_batch(self) -> Batch:
         """One evaluation sample as a batch: traces the compute cost (BOPs) of the network."""
         data = self.dataset(self.cfg["engine"]["eval_split"], train=False)

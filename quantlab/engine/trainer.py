@@ -25,6 +25,7 @@ from quantlab.metrics.size import size_report
 from quantlab.quant import calibration, export, qat, reference
 from quantlab.quant.editing import rebuild
 from quantlab.quant.qdq import export_onnx
+from quantlab.sensitivity.fisher import fisher_penalty
 
 FORMAT = "quantlab/1"
 
@@ -53,7 +54,7 @@ class Trainer:
         if resume is not None:
             self.quant_layers += rebuild(self.model, checkpoint.load(resume).get("quant_layers", []))
         self.model.to(device)
-        base = build_optimizer(self.model.parameters(), self.train_cfg, world.size,
+        base = build_optimizer(list(self.model.named_parameters()), self.train_cfg, world.size,
                                cfg["engine"]["lr_scaling"])
         self.optimizer = dist.distributed_optimizer(base, self.model)
         self.schedule = build_schedule(self.optimizer, self.train_cfg,
@@ -157,7 +158,13 @@ class Trainer:
                    disable=not self.world.is_main, leave=False, dynamic_ncols=True, mininterval=1.0)
         for step, batch in enumerate(bar):
             batch = to_device(batch, self.device)
-            terms = self.task.loss(self.task.forward(self.model, batch), batch)
+            outputs = self.task.forward(self.model, batch)
+            terms = self.task.loss(outputs, batch)
+            weight = self.cfg["quantize"]["fisher_regularizer"]
+            if weight > 0:  # lambda Tr(F) of the critical loss, from its squared batch gradient
+                weights = [p for p in self.model.parameters() if p.requires_grad and p.dim() > 1]
+                critical = sum(self.task.critical_loss(outputs, batch).values())
+                terms["fisher"] = weight * fisher_penalty(weights, critical)
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
