@@ -14,8 +14,8 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
-MODES = ("train", "test", "export", "sensitivity", "mqat", "hawq", "table")
-TABLES = ("all", "cube", "module_bits", "compression", "depth")
+MODES = ("train", "test", "export", "sensitivity", "mqat", "hawq", "ptq", "table")
+TABLES = ("all", "cube", "module_bits", "compression", "depth", "detr_ptq")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -81,14 +81,22 @@ def report_quantization(trainer, logbook, is_main: bool) -> None:
 def tables(args: argparse.Namespace, cfg: dict, world, logbook, data_root: Path) -> int:
     """Assemble the paper's tables from the finished experiment --exp_id (no training)."""
     from quantlab.engine.errors import ConfigError
-    from quantlab.mqat.tables import NAMES, write_tables
-    if args.exp_id is None or not (logbook.root / "mqat").is_dir():
-        raise ConfigError(f"--mode table reads a finished --mode mqat experiment: pass its --exp_id "
-                          f"({logbook.root / 'mqat'} not found)")
+    from quantlab.mqat.tables import NAMES, save_tables, write_tables
+    from quantlab.sensitivity.tables import NAMES as PTQ_NAMES, detr_ptq
+    kind = next((k for k in ("mqat", "ptq") if (logbook.root / k).is_dir()), None)
+    if args.exp_id is None or kind is None:
+        raise ConfigError(f"--mode table reads a finished --mode mqat or ptq experiment: pass its --exp_id "
+                          f"({logbook.root / 'mqat'} or {logbook.root / 'ptq'} not found)")
+    names = list(NAMES if kind == "mqat" else PTQ_NAMES) if args.table == "all" else [args.table]
+    if not set(names) <= set(NAMES if kind == "mqat" else PTQ_NAMES):
+        raise ConfigError(f"--table {args.table}: experiment {args.exp_id} is a --mode {kind} experiment")
     task = importlib.import_module(f"problems.{args.problem}.{args.topology}").build_task(cfg, data_root)
-    names = list(NAMES) if args.table == "all" else [args.table]
-    markdown = write_tables(logbook.root, names, list(task.groups), task.best_metric, task.published,
-                            world.is_main)
+    if kind == "mqat":
+        markdown = write_tables(logbook.root, names, list(task.groups), task.best_metric, task.published,
+                                world.is_main)
+    else:
+        markdown = save_tables(logbook.root, [detr_ptq(logbook.root, task.best_metric, task.published,
+                                                        cfg["ptq"]["schemes"])], world.is_main)
     if world.is_main:
         print(f"{markdown}\n\ntables written to {logbook.root / 'tables'}", flush=True)
     return 0
@@ -136,13 +144,14 @@ def run(args: argparse.Namespace) -> int:
     dist.barrier()
 
     device = dist.device_for(world, cfg["engine"]["device"])
-    if args.mode in ("sensitivity", "mqat", "hawq"):
+    if args.mode in ("sensitivity", "mqat", "hawq", "ptq"):
         from quantlab.mqat.pipeline import run_mqat, run_sensitivity
         from quantlab.sensitivity.pipeline import run_hawq
+        from quantlab.sensitivity.ptq import run_ptq
         start = resolve_init(cfg["quantize"]["init"], logs_root, args)
         if start is None:
             raise ConfigError(f"--mode {args.mode} starts from a float checkpoint: set quantize.init")
-        modes = {"sensitivity": run_sensitivity, "mqat": run_mqat, "hawq": run_hawq}
+        modes = {"sensitivity": run_sensitivity, "mqat": run_mqat, "hawq": run_hawq, "ptq": run_ptq}
         modes[args.mode](task, cfg, world, logbook, device, start)
         return 0
     init = resolve_init(cfg["quantize"]["init"], logs_root, args) if not resuming else None

@@ -139,7 +139,11 @@ def write_tables(folder: Path, names: list[str], modules: list[str], metric: str
                  writer: bool = True) -> str:
     """Build the named tables from experiment `folder`; write tables/<name>.{md,csv}
     (main rank) and return the Markdown of all of them."""
-    tables = [BUILDERS[name](folder, modules, metric, published) for name in names]
+    return save_tables(folder, [BUILDERS[name](folder, modules, metric, published) for name in names], writer)
+
+
+def save_tables(folder: Path, tables: list[Table], writer: bool = True) -> str:
+    """Write tables/<name>.{md,csv} (main rank) and return their Markdown."""
     if writer:
         out = folder / "tables"
         out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,156 @@
+"""COCO / DETR as an engine Task: data, network, set criterion, post-processing, COCO mAP."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from problems.COCO import evaluation
+from problems.COCO.dataset import CocoDetection, annotation_file, collate, load_coco
+from problems.COCO.DETR.loss import SetCriterion
+from problems.COCO.DETR.network import DETR
+from problems.COCO.DETR.postprocess import detections
+from problems.COCO.DETR.quantize import GROUPS
+from problems.COCO.generator import MARKER, generate
+from quantlab.engine.checkpoint import load_matching
+from quantlab.engine.errors import ConfigError, DataError
+from quantlab.sensitivity.critical import fold_labels, fold_logits
+from quantlab.engine.task import Batch, Task
+
+SPLITS = {"train": "train", "test": "val", "val": "val"}
+
+
+class SeededCoco(CocoDetection):
+    """Training augmentation drawn from a generator seeded by (seed, epoch, index), so a
+    resumed run sees exactly the samples an uninterrupted one would."""
+
+    def __init__(self, *args, seed: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
+            return super().__getitem__(index)
+
+
+class DETRTask(Task):
+    best_metric = "mAP"
+    groups = GROUPS
+    published = yaml.safe_load((Path(__file__).with_name("published.yaml")).read_text())
+
+    def __init__(self, cfg: dict, data_root: Path) -> None:
+        super().__init__(cfg, data_root)
+        self.root = data_root / cfg["data"]["root"]
+        self._coco: dict = {}
+        self._criterion: SetCriterion | None = None
+        self._critical: SetCriterion | None = None
+
+    def prepare_data(self) -> str | None:
+        synthetic = self.cfg["data"]["synthetic"]
+        if annotation_file(self.root, "train").is_file():
+            marker = self.root / MARKER
+            if marker.is_file() and json.loads(marker.read_text()) != synthetic["params"]:
+                raise DataError(f"{marker}: this synthetic set was generated with other parameters than "
+                                "data.synthetic.params; delete it or set data.root")
+            return None
+        if not synthetic["generate"]:
+            raise DataError(f"{annotation_file(self.root, 'train')}: missing dataset file "
+                            "(point data.root at COCO, or set data.synthetic.generate=true)")
+        print(f"no COCO data in {self.root}: generating the synthetic set first", flush=True)
+        return generate(self.root, synthetic["params"])
+
+    def coco(self, split: str):
+        name = SPLITS[split]
+        if name not in self._coco:
+            self._coco[name] = load_coco(self.root, name)
+        return self._coco[name]
+
+    def dataset(self, split: str, train: bool) -> CocoDetection:
+        return SeededCoco(self.root, SPLITS[split], self.cfg, train, self.coco(split), seed=self.cfg["seed"])
+
+    def collate(self, samples: list[dict]) -> Batch:
+        return collate(samples)
+
+    def build_network(self) -> DETR:
+        n = self.cfg["network"]
+        return DETR(n["backbone"], n["layers"], n["dilation"], n["train_backbone"], n["num_classes"], n["hidden"],
+                    n["heads"], n["encoder_layers"], n["decoder_layers"], n["ffn"], n["dropout"], n["queries"])
+
+    def load_weights(self, model: torch.nn.Module, state: dict, source: str) -> list[str]:
+        return load_matching(model, state.get("model", state), source)
+
+    def forward(self, model: torch.nn.Module, batch: Batch):
+        return model(batch["image"], batch["mask"])
+
+    def export_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"image": batch["image"], "mask": batch["mask"]}
+
+    def targets(self, batch: Batch, device: torch.device) -> list[dict]:
+        return [{"labels": l.to(device), "boxes": b.to(device)} for l, b in zip(batch["labels"], batch["boxes"])]
+
+    def loss(self, outputs, batch: Batch) -> dict[str, torch.Tensor]:
+        if self._criterion is None:
+            loss = self.cfg["loss"]
+            self._criterion = SetCriterion(self.cfg["network"]["num_classes"], loss["eos_coef"],
+                                           {"ce": loss["ce"], "bbox": loss["bbox"], "giou": loss["giou"]})
+        device = outputs["pred_logits"].device
+        targets = self.targets(batch, device)
+        num_boxes = max(1.0, float(sum(len(t["labels"]) for t in targets)))
+        return self._criterion.to(device)(outputs, targets, num_boxes)
+
+    def critical_loss(self, outputs, batch: Batch) -> dict[str, torch.Tensor]:
+        """The set loss on folded outputs: critical classes, "other", no-object
+        (quantlab.sensitivity.critical), matched and weighted like the overall loss."""
+        critical = self.cfg["evaluation"]["critical"]
+        if not critical:
+            raise ConfigError("config key 'evaluation.critical': the critical objective needs category ids")
+        if self._critical is None:
+            loss = self.cfg["loss"]
+            self._critical = SetCriterion(len(critical) + 1, loss["eos_coef"],
+                                          {"ce": loss["ce"], "bbox": loss["bbox"], "giou": loss["giou"]})
+
+        def fold(out: dict) -> dict:
+            return {"pred_logits": fold_logits(out["pred_logits"], critical), "pred_boxes": out["pred_boxes"]}
+        device = outputs["pred_logits"].device
+        folded = {**fold(outputs), "aux_outputs": [fold(a) for a in outputs.get("aux_outputs", [])]}
+        targets = [{"labels": fold_labels(t["labels"], critical, self.cfg["network"]["num_classes"]),
+                    "boxes": t["boxes"]} for t in self.targets(batch, device)]
+        num_boxes = max(1.0, float(sum(len(t["labels"]) for t in targets)))
+        return self._critical.to(device)(folded, targets, num_boxes)
+
+    def balanced_sample(self, count: int, seed: int) -> list[int]:
+        """Training images picked round-robin over the categories (each turn, the next
+        unused image, in a seeded order, that holds the category), so every category is
+        about equally represented."""
+        coco = self.coco("train")
+        ids = sorted(coco.imgs)
+        order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
+        holders = {c: [i for i in order if coco.getAnnIds(imgIds=[ids[i]], catIds=[c], iscrowd=False)]
+                   for c in sorted(coco.cats)}
+        chosen: list[int] = []
+        taken: set[int] = set()
+        while len(chosen) < count and any(holders.values()):
+            for c, queue in holders.items():
+                while queue and queue[0] in taken:
+                    queue.pop(0)
+                if queue and len(chosen) < count:
+                    taken.add(queue[0])
+                    chosen.append(queue.pop(0))
+        return chosen
+
+    def predict(self, outputs, batch: Batch) -> list[dict]:
+        found = detections(outputs, batch["orig_size"], batch["image_id"])
+        return [{"index": i, "detections": d} for i, d in zip(batch["index"], found)]
+
+    def evaluate(self, predictions: list[dict], dataset: CocoDetection) -> dict[str, float]:
+        flat = [d for p in predictions for d in p["detections"]]
+        return evaluation.evaluate(flat, dataset.coco, self.cfg["evaluation"]["critical"])
+
+    def report(self, metrics: dict[str, float], folder: Path) -> str:
+        return evaluation.table(metrics)
