@@ -7,11 +7,14 @@ name and hands the task to the trainer.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import Dataset
+
+from quantlab.engine.errors import DataError
 
 Batch = dict[str, Any]
 
@@ -72,6 +75,23 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, predictions: list[dict], dataset: Dataset) -> dict[str, float]:
         """Metrics of the predictions over the whole split (flat dict of numbers)."""
+
+    def prepare_synthetic(self, root: Path, required: Path, marker: Path, name: str,
+                          generate: Callable[[Path, dict], str]) -> str | None:
+        """`prepare_data` for a problem that ships a synthetic generator: nothing when
+        `required` exists (unless `marker` says it was generated with other
+        `data.synthetic.params`), else generate into `root` or say which file is missing."""
+        synthetic = self.cfg["data"]["synthetic"]
+        if required.is_file():
+            if marker.is_file() and json.loads(marker.read_text()) != synthetic["params"]:
+                raise DataError(f"{marker}: this synthetic set was generated with other parameters than "
+                                "data.synthetic.params; delete it or set data.root")
+            return None
+        if not synthetic["generate"]:
+            raise DataError(f"{required}: missing dataset file "
+                            f"(point data.root at {name}, or set data.synthetic.generate=true)")
+        print(f"no {name} data in {root}: generating the synthetic set first", flush=True)
+        return generate(root, synthetic["params"])
 
     def critical_loss(self, outputs: Any, batch: Batch) -> dict[str, torch.Tensor]:
         """The loss of the critical-category objective (Fisher-critical sensitivity)."""

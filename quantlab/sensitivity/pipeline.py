@@ -90,8 +90,8 @@ def run_hawq(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device:
         logbook.write_json("hawq/allocation.json", result)
     rules = [{"modules": re.escape(layer), "algorithm": settings["algorithm"], "bits": b}
              for layer, b in result["bits"].items()]
-    metrics = fit_child(task, child_config(cfg, str(init), rules, settings["epochs"]), world,
-                        logbook.child("qat"), device, init)
-    result.update(metric=metrics[task.best_metric], metrics=metrics, experiment=str(logbook.child("qat").root))
+    child = logbook.child("qat")
+    metrics = fit_child(task, child_config(cfg, str(init), rules, settings["epochs"]), world, child, device, init)
+    result.update(metric=metrics[task.best_metric], metrics=metrics, experiment=str(child.root))
     logbook.write_json("hawq/allocation.json", result)
     return result

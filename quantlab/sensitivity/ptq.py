@@ -118,12 +118,11 @@ def sensitivities(tensors: dict[str, list[torch.Tensor]], traces: dict[str, floa
     return out
 
 
-def allocate(scheme: str, target: int, tensors: dict[str, list[torch.Tensor]], traces: dict[str, dict],
-             settings: dict) -> dict[str, int]:
+def allocate(scheme: str, target: int, tensors: dict[str, list[torch.Tensor]], counts: dict[str, int],
+             traces: dict[str, dict], settings: dict) -> dict[str, int]:
     if scheme == "uniform":
         return {name: target for name in tensors}
     low, high = settings["ranges"][target]
-    counts = {name: sum(t.numel() for t in ts) for name, ts in tensors.items()}
     sens = sensitivities(tensors, traces[scheme], list(range(low, high + 1)),
                          settings["reference_bits"] if scheme == "output_quant" else None)
     return average_bits(sens, counts, float(target)).bits
@@ -158,6 +157,7 @@ def run_ptq(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: 
     probe = Trainer(task, float_cfg, world, logbook.child("float"), device, init=init)
     probe.sync()
     tensors = layer_tensors(probe.model, cfg, task.groups)
+    counts = {name: sum(t.numel() for t in ts) for name, ts in tensors.items()}
     indices = task.balanced_sample(settings["images"], cfg["seed"])
     for scheme in settings["schemes"]:
         if scheme != "uniform" and scheme not in traces:
@@ -168,8 +168,7 @@ def run_ptq(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: 
         key = f"{scheme}@{target}"
         if key in results:
             continue
-        bits = {} if scheme == "float" else allocate(scheme, target, tensors, traces.entries, settings)
-        counts = {name: sum(t.numel() for t in ts) for name, ts in tensors.items()}
+        bits = {} if scheme == "float" else allocate(scheme, target, tensors, counts, traces.entries, settings)
         average = sum(counts[n] * bits.get(n, 32) for n in counts) / sum(counts.values())
         metrics = evaluate_bits(task, cfg, world, logbook.child(f"ptq/{scheme}_{target}"), device, init, bits)
         results.record(key, {"scheme": scheme, "target": target, "bits": bits, "average_bits": average,

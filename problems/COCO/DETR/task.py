@@ -1,7 +1,6 @@
 """COCO / DETR as an engine Task: data, network, set criterion, post-processing, COCO mAP."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ from problems.COCO.DETR.postprocess import detections
 from problems.COCO.DETR.quantize import GROUPS
 from problems.COCO.generator import MARKER, generate
 from quantlab.engine.checkpoint import load_matching
-from quantlab.engine.errors import ConfigError, DataError
+from quantlab.engine.errors import ConfigError
 from quantlab.sensitivity.critical import fold_labels, fold_logits
 from quantlab.engine.task import Batch, Task
 
@@ -52,18 +51,8 @@ class DETRTask(Task):
         self._critical: SetCriterion | None = None
 
     def prepare_data(self) -> str | None:
-        synthetic = self.cfg["data"]["synthetic"]
-        if annotation_file(self.root, "train").is_file():
-            marker = self.root / MARKER
-            if marker.is_file() and json.loads(marker.read_text()) != synthetic["params"]:
-                raise DataError(f"{marker}: this synthetic set was generated with other parameters than "
-                                "data.synthetic.params; delete it or set data.root")
-            return None
-        if not synthetic["generate"]:
-            raise DataError(f"{annotation_file(self.root, 'train')}: missing dataset file "
-                            "(point data.root at COCO, or set data.synthetic.generate=true)")
-        print(f"no COCO data in {self.root}: generating the synthetic set first", flush=True)
-        return generate(self.root, synthetic["params"])
+        return self.prepare_synthetic(self.root, annotation_file(self.root, "train"), self.root / MARKER, "COCO",
+                                      generate)
 
     def coco(self, split: str):
         name = SPLITS[split]

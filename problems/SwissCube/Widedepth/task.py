@@ -1,7 +1,6 @@
 """SwissCube / Widedepth as an engine Task: data, network, loss, inference, evaluation."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from problems.SwissCube.Widedepth.quantize import GROUPS
 from problems.SwissCube.Widedepth.preprocess import (Geometry, augmentation_matrix, normalize, targets,
                                                      warp)
 from quantlab.engine.checkpoint import load_matching
-from quantlab.engine.errors import DataError
 from quantlab.engine.task import Batch, Task
 
 
@@ -86,18 +84,8 @@ class WidedepthTask(Task):
         return self._data
 
     def prepare_data(self) -> str | None:
-        synthetic = self.cfg["data"]["synthetic"]
-        marker = self.root / MARKER
-        if (self.root / SPLIT_FILES["train"]).is_file():
-            if marker.is_file() and json.loads(marker.read_text()) != synthetic["params"]:
-                raise DataError(f"{marker}: this synthetic set was generated with other "
-                                "parameters than data.synthetic.params; delete it or set data.root")
-            return None
-        if not synthetic["generate"]:
-            raise DataError(f"{self.root / SPLIT_FILES['train']}: missing dataset file "
-                            "(point data.root at SwissCube, or set data.synthetic.generate=true)")
-        print(f"no SwissCube data in {self.root}: generating the synthetic set first", flush=True)
-        return generate(self.root, synthetic["params"])
+        return self.prepare_synthetic(self.root, self.root / SPLIT_FILES["train"], self.root / MARKER, "SwissCube",
+                                      generate)
 
     def dataset(self, split: str, train: bool) -> WidedepthDataset:
         return WidedepthDataset(self.data, split, self.geo, self.cfg, train)
