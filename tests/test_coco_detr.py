@@ -112,3 +112,13 @@ def test_set_criterion_is_zero_box_loss_for_perfect_boxes():
     terms = SetCriterion(3)({"pred_logits": logits, "pred_boxes": boxes}, [target], 1.0)
     assert float(terms["bbox"]) == 0.0 and float(terms["giou"]) == pytest.approx(0.0, abs=1e-6)
     assert float(terms["ce"]) < 1e-6
+
+
+def test_the_stem_is_frozen_as_in_detr_unless_trained_from_scratch():
+    frozen = DETR("small", [1, 1, 1, 1], hidden=32, heads=2, encoder_layers=1, decoder_layers=1, ffn=32)
+    scratch = DETR("small", [1, 1, 1, 1], hidden=32, heads=2, encoder_layers=1, decoder_layers=1, ffn=32,
+                   freeze_stem=False)
+    stem = "backbone.0.body.conv1.weight"
+    assert not dict(frozen.named_parameters())[stem].requires_grad
+    assert dict(scratch.named_parameters())[stem].requires_grad
+    assert dict(frozen.named_parameters())["backbone.0.body.layer2.0.conv1.weight"].requires_grad

@@ -38,9 +38,11 @@ class FrozenBatchNorm2d(nn.Module):
 
 
 class Backbone(nn.Module):
-    """ResNet body up to layer4 (`body`), conv1 and layer1 frozen as in DETR."""
+    """ResNet body up to layer4 (`body`); as in DETR, conv1 and layer1 are frozen (a
+    pretrained stem) unless `freeze_stem` is off (a backbone trained from scratch)."""
 
-    def __init__(self, name: str, layers: list[int] | None, dilation: bool, train: bool) -> None:
+    def __init__(self, name: str, layers: list[int] | None, dilation: bool, train: bool,
+                 freeze_stem: bool = True) -> None:
         super().__init__()
         if name == "resnet50":
             net = resnet.resnet50(weights=None, replace_stride_with_dilation=[False, False, dilation],
@@ -49,7 +51,7 @@ class Backbone(nn.Module):
             net = resnet.ResNet(resnet.BasicBlock, layers, replace_stride_with_dilation=[False, False, dilation],
                                 norm_layer=FrozenBatchNorm2d)
         for pname, p in net.named_parameters():
-            if not train or not any(f"layer{i}" in pname for i in (2, 3, 4)):
+            if not train or (freeze_stem and not any(f"layer{i}" in pname for i in (2, 3, 4))):
                 p.requires_grad_(False)
         self.body = IntermediateLayerGetter(net, return_layers={"layer4": "0"})
         self.num_channels = 2048 if name == "resnet50" else 512
@@ -186,9 +188,9 @@ class DETR(nn.Module):
     def __init__(self, backbone: str = "resnet50", layers: list[int] | None = None, dilation: bool = False,
                  train_backbone: bool = True, num_classes: int = 91, hidden: int = 256, heads: int = 8,
                  encoder_layers: int = 6, decoder_layers: int = 6, ffn: int = 2048, dropout: float = 0.1,
-                 queries: int = 100) -> None:
+                 queries: int = 100, freeze_stem: bool = True) -> None:
         super().__init__()
-        body = Backbone(backbone, layers, dilation, train_backbone)
+        body = Backbone(backbone, layers, dilation, train_backbone, freeze_stem)
         self.backbone = Joiner(body, PositionEmbeddingSine(hidden // 2))
         self.transformer = Transformer(hidden, heads, encoder_layers, decoder_layers, ffn, dropout)
         self.input_proj = nn.Conv2d(body.num_channels, hidden, kernel_size=1)
