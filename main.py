@@ -87,8 +87,9 @@ def tables(args: argparse.Namespace, cfg: dict, world, logbook, data_root: Path)
     if args.exp_id is None or kind is None:
         raise ConfigError(f"--mode table reads a finished --mode mqat or ptq experiment: pass its --exp_id "
                           f"({logbook.root / 'mqat'} or {logbook.root / 'ptq'} not found)")
-    names = list(NAMES if kind == "mqat" else PTQ_NAMES) if args.table == "all" else [args.table]
-    if not set(names) <= set(NAMES if kind == "mqat" else PTQ_NAMES):
+    known = list(NAMES if kind == "mqat" else PTQ_NAMES)
+    names = known if args.table == "all" else [args.table]
+    if not set(names) <= set(known):
         raise ConfigError(f"--table {args.table}: experiment {args.exp_id} is a --mode {kind} experiment")
     task = importlib.import_module(f"problems.{args.problem}.{args.topology}").build_task(cfg, data_root)
     if kind == "mqat":

@@ -2,6 +2,7 @@
 resumed where an interrupted search left it and never trained again once finished."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -29,5 +30,19 @@ def fit_child(task: Task, cfg: dict, world: dist.World, child: Logbook, device: 
         if last.is_file():
             trainer.resume()
         return trainer.fit()
+    finally:
+        trainer.close()
+
+
+def evaluate_child(task: Task, cfg: dict, world: dist.World, child: Logbook, device: torch.device,
+                   source: Path, rules: list[dict], tag: str) -> dict[str, float]:
+    """Evaluate `source` quantized by `rules` (none: as it is), without training, in `child`."""
+    child_cfg = copy.deepcopy(cfg)
+    child_cfg["quantize"]["rules"] = rules
+    child.create(child_cfg)
+    trainer = Trainer(task, child_cfg, world, child, device, init=source)
+    try:
+        trainer.sync()
+        return trainer.evaluate(cfg["engine"]["eval_split"], tag, quiet=True)
     finally:
         trainer.close()

@@ -1,39 +1,29 @@
 """The MQAT modes: evaluate the float start, then the searches, each candidate a child run."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
 
 from quantlab.engine import distributed as dist
+from quantlab.engine.children import evaluate_child
 from quantlab.engine.errors import ConfigError
 from quantlab.engine.logbook import Logbook
 from quantlab.engine.task import Task
-from quantlab.engine.trainer import Trainer
 from quantlab.mqat.ledger import Ledger, candidate_key
 from quantlab.mqat.runner import FINETUNE, StagedRuns
 from quantlab.mqat.search import (FLOAT, Sensitivity, bit_search, exhaustive_flow, model_size, plan_bits,
                                   sensitivity)
 from quantlab.mqat.tables import NAMES, write_tables
 from quantlab.sensitivity.pipeline import run_hawq
-from quantlab.quant.editing import pattern_of, quantizable
+from quantlab.quant.editing import candidates, pattern_of, weight_tensors
 
 
 def float_metric(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: torch.device,
                  init: Path, ledger: Ledger) -> float:
     """The float checkpoint's metric on the evaluation split (recorded like a candidate)."""
     def evaluate(bits: dict[str, int], order: list[str] | None) -> dict:
-        float_cfg = copy.deepcopy(cfg)
-        float_cfg["quantize"]["rules"] = []
-        child = logbook.child("float")
-        child.create(float_cfg)
-        trainer = Trainer(task, float_cfg, world, child, device, init=init)
-        try:
-            trainer.sync()
-            metrics = trainer.evaluate(cfg["engine"]["eval_split"], "float", quiet=True)
-        finally:
-            trainer.close()
+        metrics = evaluate_child(task, cfg, world, logbook.child("float"), device, init, [], "float")
         return {"metric": metrics[task.best_metric], "metrics": metrics}
     return ledger.cached(evaluate)({m: FLOAT for m in task.groups}, None)["metric"]
 
@@ -79,14 +69,11 @@ def _sensitivity(task: Task, cfg: dict, world: dist.World, logbook: Logbook, led
 def module_weights(model: torch.nn.Module, cfg: dict, groups: dict[str, str]) -> tuple[dict[str, int], int]:
     """Weights each module would quantize (its Conv/Linear/attention weights, exclusions
     left out) and the count of every other parameter (kept float)."""
-    excluded = [pattern_of(p, groups) for p in cfg["quantize"]["exclude"]]
-    layers = {n: m for n, m in quantizable(model).items() if not any(p.fullmatch(n) for p in excluded)}
+    layers = candidates(model, cfg["quantize"]["exclude"], groups)
     counts = {}
-    for module, pattern in groups.items():
+    for module in groups:
         regex = pattern_of(module, groups)
-        counts[module] = sum(
-            (m.in_proj_weight.numel() + m.out_proj.weight.numel()) if isinstance(m, torch.nn.MultiheadAttention)
-            else m.weight.numel() for n, m in layers.items() if regex.fullmatch(n))
+        counts[module] = sum(t.numel() for n, m in layers.items() if regex.fullmatch(n) for t in weight_tensors(m))
     rest = sum(p.numel() for p in model.parameters()) - sum(counts.values())
     return counts, rest
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from quantlab.engine.errors import ConfigError
@@ -62,6 +63,20 @@ QUANTIZABLE = (nn.Conv2d, nn.Linear, nn.MultiheadAttention)
 def quantizable(model: nn.Module) -> dict[str, nn.Module]:
     """Float layers a rule can match (exact types: an attention's out_proj goes with it)."""
     return {n: m for n, m in model.named_modules() if type(m) in QUANTIZABLE}
+
+
+def candidates(model: nn.Module, exclude: list[str], groups: dict[str, str]) -> dict[str, nn.Module]:
+    """Quantizable layers outside the `quantize.exclude` patterns (module names allowed)."""
+    excluded = [pattern_of(p, groups) for p in exclude]
+    return {n: m for n, m in quantizable(model).items() if not any(p.fullmatch(n) for p in excluded)}
+
+
+def weight_tensors(layer: nn.Module) -> list[torch.Tensor]:
+    """The weights a layer's quantizers act on: an attention layer's packed input
+    projection and its output projection, else the one weight."""
+    if isinstance(layer, nn.MultiheadAttention):
+        return [layer.in_proj_weight, layer.out_proj.weight]
+    return [layer.weight]
 
 
 def weight_quantizer(weight: nn.Parameter, rule: Rule) -> nn.Module:

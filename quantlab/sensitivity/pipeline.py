@@ -16,7 +16,7 @@ from quantlab.engine.config import child_config
 from quantlab.engine.logbook import Logbook
 from quantlab.engine.task import Task, to_device
 from quantlab.engine.trainer import Trainer
-from quantlab.quant.editing import pattern_of, quantizable
+from quantlab.quant.editing import candidates
 from quantlab.quant.quantizers import symmetric_linear
 from quantlab.sensitivity import hawq
 from quantlab.sensitivity.hessian import hutchinson_traces, layer_weights
@@ -25,9 +25,8 @@ from quantlab.sensitivity.ilp import Problem, solve
 
 def candidate_layers(model: torch.nn.Module, cfg: dict, groups: dict[str, str]) -> list[str]:
     """Conv2d / Linear layers not excluded by `quantize.exclude` (attention is not traced)."""
-    excluded = [pattern_of(p, groups) for p in cfg["quantize"]["exclude"]]
-    return [n for n, m in quantizable(model).items()
-            if not isinstance(m, torch.nn.MultiheadAttention) and not any(p.fullmatch(n) for p in excluded)]
+    return [n for n, m in candidates(model, cfg["quantize"]["exclude"], groups).items()
+            if not isinstance(m, torch.nn.MultiheadAttention)]
 
 
 def traces(trainer: Trainer, layers: list[str], batches: int, samples: int, seed: int) -> dict[str, float]:

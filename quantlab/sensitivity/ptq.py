@@ -22,13 +22,14 @@ from typing import Callable
 import torch
 
 from quantlab.engine import distributed as dist
+from quantlab.engine.children import evaluate_child
 from quantlab.engine.errors import ConfigError
 from quantlab.engine.logbook import Logbook
 from quantlab.engine.task import Task, to_device
 from quantlab.engine.trainer import Trainer
 from quantlab.mqat.ledger import Ledger
 from quantlab.mqat.tables import save_tables
-from quantlab.quant.editing import pattern_of, quantizable
+from quantlab.quant.editing import candidates, weight_tensors
 from quantlab.quant.quantizers import symmetric_linear
 from quantlab.sensitivity.distillation import distillation_loss
 from quantlab.sensitivity.fisher import fisher_traces
@@ -42,13 +43,7 @@ SCHEMES = ("uniform", "loss", "output_float", "output_quant", "fisher_overall", 
 def layer_tensors(model: torch.nn.Module, cfg: dict, groups: dict[str, str]) -> dict[str, list[torch.Tensor]]:
     """The weight tensors of every quantizable layer outside `quantize.exclude` (an
     attention layer has two: its packed input projection and its output projection)."""
-    excluded = [pattern_of(p, groups) for p in cfg["quantize"]["exclude"]]
-    out = {}
-    for name, m in quantizable(model).items():
-        if not any(p.fullmatch(name) for p in excluded):
-            out[name] = ([m.in_proj_weight, m.out_proj.weight] if isinstance(m, torch.nn.MultiheadAttention)
-                         else [m.weight])
-    return out
+    return {name: weight_tensors(m) for name, m in candidates(model, cfg["quantize"]["exclude"], groups).items()}
 
 
 def _flat(tensors: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -128,21 +123,6 @@ def allocate(scheme: str, target: int, tensors: dict[str, list[torch.Tensor]], c
     return average_bits(sens, counts, float(target)).bits
 
 
-def evaluate_bits(task: Task, cfg: dict, world: dist.World, child: Logbook, device: torch.device, init: Path,
-                  bits: dict[str, int]) -> dict[str, float]:
-    """The float checkpoint with each listed layer's weights at its bits (eq. 6), evaluated."""
-    ptq_cfg = copy.deepcopy(cfg)
-    ptq_cfg["quantize"]["rules"] = [{"modules": re.escape(layer), "algorithm": "symmetric", "bits": b}
-                                    for layer, b in bits.items()]
-    child.create(ptq_cfg)
-    trainer = Trainer(task, ptq_cfg, world, child, device, init=init)
-    try:
-        trainer.sync()
-        return trainer.evaluate(cfg["engine"]["eval_split"], "ptq", quiet=True)
-    finally:
-        trainer.close()
-
-
 def run_ptq(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: torch.device, init: Path) -> dict:
     """Every scheme at every target (and uniform at `reference_bits`), each evaluated once
     (`ptq/results.json`, resumable); traces in `ptq/traces.json`."""
@@ -170,7 +150,9 @@ def run_ptq(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: 
             continue
         bits = {} if scheme == "float" else allocate(scheme, target, tensors, counts, traces.entries, settings)
         average = sum(counts[n] * bits.get(n, 32) for n in counts) / sum(counts.values())
-        metrics = evaluate_bits(task, cfg, world, logbook.child(f"ptq/{scheme}_{target}"), device, init, bits)
+        rules = [{"modules": re.escape(layer), "algorithm": "symmetric", "bits": b} for layer, b in bits.items()]
+        metrics = evaluate_child(task, cfg, world, logbook.child(f"ptq/{scheme}_{target}"), device, init, rules,
+                                 "ptq")
         results.record(key, {"scheme": scheme, "target": target, "bits": bits, "average_bits": average,
                              "metrics": metrics})
         if world.is_main:
