@@ -6,13 +6,14 @@ import json
 import pytest
 import torch
 import torchvision
+from torchvision.models import resnet
 from torchvision.ops import box_convert, generalized_box_iou
 
 from problems.COCO.dataset import CocoDetection, collate
 from problems.COCO.evaluation import coco_index, evaluate
 from problems.COCO.generator import CATEGORIES, generate
 from problems.COCO.DETR.loss import SetCriterion, hungarian_match
-from problems.COCO.DETR.network import DETR
+from problems.COCO.DETR.network import DETR, FrozenBatchNorm2d
 from quantlab.engine.checkpoint import load_matching
 
 SYN = {"seed": 3, "image_size": 64, "objects_per_image": [1, 3], "object_scale": [0.2, 0.45],
@@ -122,3 +123,21 @@ def test_the_stem_is_frozen_as_in_detr_unless_trained_from_scratch():
     assert not dict(frozen.named_parameters())[stem].requires_grad
     assert dict(scratch.named_parameters())[stem].requires_grad
     assert dict(frozen.named_parameters())["backbone.0.body.layer2.0.conv1.weight"].requires_grad
+
+
+def test_the_small_backbone_at_width_64_is_torchvisions_basicblock_resnet():
+    ours = DETR("small", [2, 1, 1, 1], hidden=32, heads=2, encoder_layers=1, decoder_layers=1, ffn=32)
+    theirs = resnet.ResNet(resnet.BasicBlock, [2, 1, 1, 1], norm_layer=FrozenBatchNorm2d).state_dict()
+    body = {k[len("backbone.0.body."):]: v.shape for k, v in ours.state_dict().items() if k.startswith("backbone.0.body.")}
+    assert body == {k: v.shape for k, v in theirs.items() if not k.startswith("fc.")}
+
+
+def test_the_small_backbone_width_and_batch_norm():
+    model = DETR("small", [1, 1, 1, 1], dilation=True, hidden=32, heads=2, encoder_layers=1, decoder_layers=1,
+                 ffn=32, width=16, norm="batch")
+    assert model.input_proj.in_channels == 128
+    assert isinstance(model.backbone[0].body.bn1, torch.nn.BatchNorm2d)
+    features, _ = model.backbone[0](torch.zeros(1, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.bool))
+    assert features.shape == (1, 128, 4, 4)  # stride 16 with the last stage dilated
+    with pytest.raises(ValueError, match="network.norm"):
+        DETR("small", [1, 1, 1, 1], norm="group")

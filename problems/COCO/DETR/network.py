@@ -37,24 +37,53 @@ class FrozenBatchNorm2d(nn.Module):
         return x * scale[None, :, None, None] + shift[None, :, None, None]
 
 
+def small_resnet(layers: list[int], width: int, dilation: bool, norm_layer: type[nn.Module]) -> nn.Module:
+    """A ResNet of BasicBlocks with base width `width` (torchvision fixes it at 64), named
+    like torchvision's (`conv1`, `bn1`, `layer1.0.conv1`, ...), for profiles that train on CPU."""
+    body = nn.Sequential()
+    body.add_module("conv1", nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False))
+    body.add_module("bn1", norm_layer(width))
+    body.add_module("relu", nn.ReLU(inplace=True))
+    body.add_module("maxpool", nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    inplanes = width
+    for i, count in enumerate(layers):
+        planes, stride = width * 2 ** i, 1 if i == 0 or (i == 3 and dilation) else 2
+        downsample = None
+        if stride != 1 or inplanes != planes:
+            downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False), norm_layer(planes))
+        blocks = [resnet.BasicBlock(inplanes, planes, stride, downsample, norm_layer=norm_layer)]
+        blocks += [resnet.BasicBlock(planes, planes, norm_layer=norm_layer) for _ in range(count - 1)]
+        body.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        inplanes = planes
+    return body
+
+
+NORMS = {"frozen": FrozenBatchNorm2d, "batch": nn.BatchNorm2d}
+
+
 class Backbone(nn.Module):
     """ResNet body up to layer4 (`body`); as in DETR, conv1 and layer1 are frozen (a
-    pretrained stem) unless `freeze_stem` is off (a backbone trained from scratch)."""
+    pretrained stem) unless `freeze_stem` is off (a backbone trained from scratch). `norm`
+    `frozen` is DETR's; `batch` lets a small backbone trained from scratch normalise."""
 
     def __init__(self, name: str, layers: list[int] | None, dilation: bool, train: bool,
-                 freeze_stem: bool = True) -> None:
+                 freeze_stem: bool = True, width: int = 64, norm: str = "frozen") -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"network.norm: {norm!r} is not one of {sorted(NORMS)}")
         if name == "resnet50":
             net = resnet.resnet50(weights=None, replace_stride_with_dilation=[False, False, dilation],
-                                  norm_layer=FrozenBatchNorm2d)
-        else:  # a small ResNet of BasicBlocks for CPU profiles, e.g. layers [1, 1, 1, 1]
-            net = resnet.ResNet(resnet.BasicBlock, layers, replace_stride_with_dilation=[False, False, dilation],
-                                norm_layer=FrozenBatchNorm2d)
+                                  norm_layer=NORMS[norm])
+            self.num_channels = 2048
+        elif name == "small":
+            net = small_resnet(layers or [1, 1, 1, 1], width, dilation, NORMS[norm])
+            self.num_channels = width * 8
+        else:
+            raise ValueError(f"network.backbone: {name!r} is not resnet50 or small")
         for pname, p in net.named_parameters():
             if not train or (freeze_stem and not any(f"layer{i}" in pname for i in (2, 3, 4))):
                 p.requires_grad_(False)
         self.body = IntermediateLayerGetter(net, return_layers={"layer4": "0"})
-        self.num_channels = 2048 if name == "resnet50" else 512
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.body(images)["0"]
@@ -188,9 +217,9 @@ class DETR(nn.Module):
     def __init__(self, backbone: str = "resnet50", layers: list[int] | None = None, dilation: bool = False,
                  train_backbone: bool = True, num_classes: int = 91, hidden: int = 256, heads: int = 8,
                  encoder_layers: int = 6, decoder_layers: int = 6, ffn: int = 2048, dropout: float = 0.1,
-                 queries: int = 100, freeze_stem: bool = True) -> None:
+                 queries: int = 100, freeze_stem: bool = True, width: int = 64, norm: str = "frozen") -> None:
         super().__init__()
-        body = Backbone(backbone, layers, dilation, train_backbone, freeze_stem)
+        body = Backbone(backbone, layers, dilation, train_backbone, freeze_stem, width, norm)
         self.backbone = Joiner(body, PositionEmbeddingSine(hidden // 2))
         self.transformer = Transformer(hidden, heads, encoder_layers, decoder_layers, ffn, dropout)
         self.input_proj = nn.Conv2d(body.num_channels, hidden, kernel_size=1)

@@ -67,10 +67,7 @@ class DETRTask(Task):
         return collate(samples)
 
     def build_network(self) -> DETR:
-        n = self.cfg["network"]
-        return DETR(n["backbone"], n["layers"], n["dilation"], n["train_backbone"], n["num_classes"], n["hidden"],
-                    n["heads"], n["encoder_layers"], n["decoder_layers"], n["ffn"], n["dropout"], n["queries"],
-                    n["freeze_stem"])
+        return DETR(**self.cfg["network"])
 
     def load_weights(self, model: torch.nn.Module, state: dict, source: str) -> list[str]:
         return load_matching(model, state.get("model", state), source)
