@@ -14,8 +14,8 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
-MODES = ("train", "test", "export", "sensitivity", "mqat", "hawq", "ptq", "table")
-TABLES = ("all", "cube", "module_bits", "compression", "depth", "detr_ptq")
+MODES = ("train", "test", "export", "sensitivity", "mqat", "hawq", "ptq", "fisher", "table")
+TABLES = ("all", "cube", "module_bits", "compression", "depth", "detr_ptq", "detr_fisher")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -29,7 +29,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ckpt", default="best",
                    help="for test / export: last, best, an epoch number, or a file path")
     p.add_argument("--table", choices=TABLES, default="all",
-                   help="for --mode table: which table of a finished mqat experiment (--exp_id)")
+                   help="for --mode table: which table of a finished mqat, ptq or fisher experiment (--exp_id)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set training.epochs=5 (repeatable)")
     return p.parse_args(argv)
@@ -82,22 +82,26 @@ def tables(args: argparse.Namespace, cfg: dict, world, logbook, data_root: Path)
     """Assemble the paper's tables from the finished experiment --exp_id (no training)."""
     from quantlab.engine.errors import ConfigError
     from quantlab.mqat.tables import NAMES, save_tables, write_tables
-    from quantlab.sensitivity.tables import NAMES as PTQ_NAMES, detr_ptq
-    kind = next((k for k in ("mqat", "ptq") if (logbook.root / k).is_dir()), None)
+    from quantlab.sensitivity.tables import FISHER_NAMES, PTQ_NAMES, detr_fisher, detr_ptq
+    kinds = {"mqat": NAMES, "ptq": PTQ_NAMES, "fisher": FISHER_NAMES}
+    kind = next((k for k in kinds if (logbook.root / k).is_dir()), None)
     if args.exp_id is None or kind is None:
-        raise ConfigError(f"--mode table reads a finished --mode mqat or ptq experiment: pass its --exp_id "
-                          f"({logbook.root / 'mqat'} or {logbook.root / 'ptq'} not found)")
-    known = list(NAMES if kind == "mqat" else PTQ_NAMES)
-    names = known if args.table == "all" else [args.table]
-    if not set(names) <= set(known):
+        raise ConfigError(f"--mode table reads a finished --mode {', '.join(kinds)} experiment: pass its --exp_id "
+                          f"(none of {', '.join(str(logbook.root / k) for k in kinds)} found)")
+    names = list(kinds[kind]) if args.table == "all" else [args.table]
+    if not set(names) <= set(kinds[kind]):
         raise ConfigError(f"--table {args.table}: experiment {args.exp_id} is a --mode {kind} experiment")
     task = importlib.import_module(f"problems.{args.problem}.{args.topology}").build_task(cfg, data_root)
     if kind == "mqat":
         markdown = write_tables(logbook.root, names, list(task.groups), task.best_metric, task.published,
                                 world.is_main)
-    else:
+    elif kind == "ptq":
         markdown = save_tables(logbook.root, [detr_ptq(logbook.root, task.best_metric, task.published,
                                                         cfg["ptq"]["schemes"])], world.is_main)
+    else:
+        markdown = save_tables(logbook.root, [detr_fisher(logbook.root, task.best_metric, task.critical_metric,
+                                                           cfg["fisher"]["schemes"])],
+                               world.is_main)
     if world.is_main:
         print(f"{markdown}\n\ntables written to {logbook.root / 'tables'}", flush=True)
     return 0
@@ -145,14 +149,16 @@ def run(args: argparse.Namespace) -> int:
     dist.barrier()
 
     device = dist.device_for(world, cfg["engine"]["device"])
-    if args.mode in ("sensitivity", "mqat", "hawq", "ptq"):
+    if args.mode in ("sensitivity", "mqat", "hawq", "ptq", "fisher"):
         from quantlab.mqat.pipeline import run_mqat, run_sensitivity
+        from quantlab.sensitivity.fisher_qat import run_fisher
         from quantlab.sensitivity.pipeline import run_hawq
         from quantlab.sensitivity.ptq import run_ptq
         start = resolve_init(cfg["quantize"]["init"], logs_root, args)
         if start is None:
             raise ConfigError(f"--mode {args.mode} starts from a float checkpoint: set quantize.init")
-        modes = {"sensitivity": run_sensitivity, "mqat": run_mqat, "hawq": run_hawq, "ptq": run_ptq}
+        modes = {"sensitivity": run_sensitivity, "mqat": run_mqat, "hawq": run_hawq, "ptq": run_ptq,
+                 "fisher": run_fisher}
         modes[args.mode](task, cfg, world, logbook, device, start)
         return 0
     init = resolve_init(cfg["quantize"]["init"], logs_root, args) if not resuming else None

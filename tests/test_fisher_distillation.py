@@ -43,3 +43,16 @@ def test_distillation_is_zero_for_identical_outputs_and_positive_otherwise():
     moved[0, 0, 0, 0] += 0.5  # one box coordinate of one auxiliary layer: L1 = 0.5 / (2 x 5 queries)
     assert float(distillation_loss(outputs(logits, moved), teacher)) == pytest.approx(0.05)
     assert float(distillation_loss(outputs(logits + torch.randn_like(logits), boxes), teacher)) > 0
+
+
+@pytest.mark.parametrize("change, key", [({"schemes": ["uniform", "hessian"]}, "fisher.schemes"),
+                                         ({"target": 2}, "fisher.target"),
+                                         ({"regularizers": [0.0, -0.1]}, "fisher.regularizers")])
+def test_fisher_mode_settings_are_checked(change, key):
+    from quantlab.engine.errors import ConfigError
+    from quantlab.sensitivity.fisher_qat import check
+    settings = {"schemes": ["uniform", "fisher_critical"], "target": 4, "regularizers": [0.0, 0.001]}
+    ranges = {4: [3, 6], 6: [4, 7]}
+    check(settings, ranges)
+    with pytest.raises(ConfigError, match=key):
+        check({**settings, **change}, ranges)

@@ -74,3 +74,22 @@ def test_child_training_overrides_training_and_rejects_unknown_keys():
     cfg["quantize"]["child_training"] = {"lrr": 0.5}
     with pytest.raises(ConfigError, match="quantize.child_training.*training.lrr"):
         child_config(cfg, "float.pt", [], 3)
+
+
+def test_detr_fisher_table_orders_schemes_and_measures_changes_against_float(tmp_path):
+    from quantlab.sensitivity.tables import detr_fisher
+    (tmp_path / "fisher").mkdir()
+    (tmp_path / "fisher" / "allocations.json").write_text(json.dumps(
+        {"float": {"bits": {}, "average_bits": 32.0, "metrics": {"mAP": 40.0, "critical_mAP": 30.0}}}))
+    results = {f"{s}@{w:g}": {"scheme": s, "regularizer": w, "average_bits": 4.0,
+                              "metrics": {"mAP": m, "critical_mAP": c}}
+               for s, w, m, c in [("fisher_critical", 0.01, 38.5, 31.0), ("uniform", 0.0, 35.0, 25.0),
+                                  ("fisher_critical", 0.0, 37.0, 28.0), ("uniform", 0.01, 36.0, 26.5)]}
+    results["fisher_critical@0"]["same_as"] = "fisher_overall"
+    (tmp_path / "fisher" / "results.json").write_text(json.dumps(results))
+    table = detr_fisher(tmp_path, "mAP", "critical_mAP", ["uniform", "fisher_overall", "fisher_critical"])
+    assert table.rows == [["float", None, 32.0, 40.0, 30.0, None, None, None],
+                          ["uniform", "0", 4.0, 35.0, 25.0, -5.0, -5.0, None],
+                          ["uniform", "0.01", 4.0, 36.0, 26.5, -4.0, -3.5, None],
+                          ["fisher_critical", "0", 4.0, 37.0, 28.0, -3.0, -2.0, "fisher_overall"],
+                          ["fisher_critical", "0.01", 4.0, 38.5, 31.0, -1.5, 1.0, None]]

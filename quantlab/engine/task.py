@@ -22,6 +22,8 @@ Batch = dict[str, Any]
 class Task(ABC):
     #: key of the metric that selects the `best` checkpoint (higher is better)
     best_metric: str
+    #: key of the metric over the critical categories (tasks with a critical objective)
+    critical_metric: str | None = None
     #: module groups for quantization recipes, from the topology's quantize.py
     groups: dict[str, str] = {}
     #: where the MQAT reference code's wrapper puts this network's keys (e.g. "model.")

@@ -123,6 +123,23 @@ def allocate(scheme: str, target: int, tensors: dict[str, list[torch.Tensor]], c
     return average_bits(sens, counts, float(target)).bits
 
 
+def float_traces(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: torch.device, init: Path,
+                 schemes: list[str], ledger: Ledger) -> tuple[Trainer, dict[str, list[torch.Tensor]], dict[str, int]]:
+    """The float model at `init` (child `float`), its layers' weight tensors and sizes, and
+    the traces of `schemes` in `ledger` (computed once: a resumed run keeps them)."""
+    float_cfg = copy.deepcopy(cfg)
+    float_cfg["quantize"]["rules"] = []
+    probe = Trainer(task, float_cfg, world, logbook.child("float"), device, init=init)
+    probe.sync()
+    tensors = layer_tensors(probe.model, cfg, task.groups)
+    counts = {name: sum(t.numel() for t in ts) for name, ts in tensors.items()}
+    indices = task.balanced_sample(cfg["ptq"]["images"], cfg["seed"])
+    for scheme in schemes:
+        if scheme != "uniform" and scheme not in ledger:
+            ledger.record(scheme, scheme_traces(scheme, probe, tensors, indices, cfg["ptq"], cfg["seed"]))
+    return probe, tensors, counts
+
+
 def run_ptq(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: torch.device, init: Path) -> dict:
     """Every scheme at every target (and uniform at `reference_bits`), each evaluated once
     (`ptq/results.json`, resumable); traces in `ptq/traces.json`."""
@@ -132,16 +149,7 @@ def run_ptq(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: 
         raise ConfigError(f"config key 'ptq.schemes': unknown {sorted(unknown)} (known: {list(SCHEMES)})")
     results = Ledger(logbook.root / "ptq" / "results.json", writer=world.is_main)
     traces = Ledger(logbook.root / "ptq" / "traces.json", writer=world.is_main)
-    float_cfg = copy.deepcopy(cfg)
-    float_cfg["quantize"]["rules"] = []
-    probe = Trainer(task, float_cfg, world, logbook.child("float"), device, init=init)
-    probe.sync()
-    tensors = layer_tensors(probe.model, cfg, task.groups)
-    counts = {name: sum(t.numel() for t in ts) for name, ts in tensors.items()}
-    indices = task.balanced_sample(settings["images"], cfg["seed"])
-    for scheme in settings["schemes"]:
-        if scheme != "uniform" and scheme not in traces:
-            traces.record(scheme, scheme_traces(scheme, probe, tensors, indices, settings, cfg["seed"]))
+    probe, tensors, counts = float_traces(task, cfg, world, logbook, device, init, settings["schemes"], traces)
     plans = [("float", 32)] + [("uniform", settings["reference_bits"])]
     plans += [(s, t) for t in settings["targets"] for s in settings["schemes"]]
     for scheme, target in plans:

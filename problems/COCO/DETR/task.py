@@ -40,6 +40,7 @@ class SeededCoco(CocoDetection):
 
 class DETRTask(Task):
     best_metric = "mAP"
+    critical_metric = "critical_mAP"
     groups = GROUPS
     published = yaml.safe_load((Path(__file__).with_name("published.yaml")).read_text())
 
