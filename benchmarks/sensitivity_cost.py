@@ -4,7 +4,8 @@ ILP's solve time on a DETR-R50-sized layer list.
     .venv/bin/python benchmarks/sensitivity_cost.py [--repeats 15] [--threads 2]
 
 On the DETR `mini` network and one 96 px synthetic image: the median time of one
-training step (forward + set loss + backward + AdamW, batch of 1), of one Hutchinson
+training step (forward + set loss + backward + AdamW, batch of 1), of one with the
+Fisher-trace regularizer of --mode fisher (double backward), of one Hutchinson
 sample of the loss trace (a Hessian-vector product), of one Hutchinson sample of the
 distillation trace, and of one Fisher sample (a per-image gradient). Printed as seconds
 per image and as ratios to the training step. Then the average-bit ILP (papers.md C) for
@@ -28,7 +29,7 @@ from problems.COCO.DETR import build_task  # noqa: E402
 from problems.COCO.DETR.network import DETR  # noqa: E402
 from quantlab.engine.config import build_config  # noqa: E402
 from quantlab.sensitivity.distillation import distillation_loss  # noqa: E402
-from quantlab.sensitivity.fisher import fisher_traces  # noqa: E402
+from quantlab.sensitivity.fisher import fisher_penalty, fisher_traces  # noqa: E402
 from quantlab.sensitivity.hessian import hutchinson_traces  # noqa: E402
 from quantlab.sensitivity.ilp import average_bits  # noqa: E402
 from quantlab.sensitivity.ptq import _flat, layer_tensors  # noqa: E402
@@ -66,15 +67,22 @@ def main() -> None:
         def loss():
             return sum(task.loss(task.forward(model, batch), batch).values())
 
-        def step():
+        def step(regularizer: float = 0.0):
             optimizer.zero_grad()
-            loss().backward()
+            outputs = task.forward(model, batch)
+            total = sum(task.loss(outputs, batch).values())
+            if regularizer > 0:
+                weights = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+                total = total + regularizer * fisher_penalty(weights, sum(task.critical_loss(outputs, batch).values()))
+            total.backward()
             optimizer.step()
+        model.train()
+        costs = {"training step": median_seconds(step, args.repeats),
+                 "training step + Fisher-trace regularizer": median_seconds(lambda: step(1e-3), args.repeats)}
         model.eval()
         with torch.no_grad():
             teacher = task.forward(model, batch)
-        costs = {
-            "training step": median_seconds(step, args.repeats),
+        costs |= {
             "Hutchinson sample, loss": median_seconds(lambda: hutchinson_traces(tensors, [loss], 1), args.repeats),
             "Hutchinson sample, distillation": median_seconds(
                 lambda: hutchinson_traces(tensors, [lambda: distillation_loss(task.forward(model, batch), teacher)], 1),
@@ -85,7 +93,7 @@ def main() -> None:
     print(f"DETR mini, one {tuple(batch['image'].shape[-2:])} image, {len(tensors)} weight tensors, "
           f"{args.threads} threads (median of {args.repeats}):")
     for name, seconds in costs.items():
-        print(f"  {name:<34} {seconds * 1000:8.1f} ms/image   {seconds / base:5.2f} x training step")
+        print(f"  {name:<42} {seconds * 1000:8.1f} ms/image   {seconds / base:5.2f} x training step")
 
     layers = layer_tensors(DETR(), {"quantize": {"exclude": cfg["quantize"]["exclude"]}}, task.groups)
     counts = {name: sum(t.numel() for t in ts) for name, ts in layers.items()}
