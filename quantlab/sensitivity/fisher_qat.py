@@ -22,7 +22,7 @@ from quantlab.engine.logbook import Logbook
 from quantlab.engine.task import Task
 from quantlab.mqat.ledger import Ledger
 from quantlab.mqat.tables import save_tables
-from quantlab.sensitivity.ptq import allocate, float_traces
+from quantlab.sensitivity.ptq import allocate, average_precision, float_traces
 from quantlab.sensitivity.tables import detr_fisher
 
 SCHEMES = ("uniform", "fisher_overall", "fisher_critical")
@@ -54,8 +54,7 @@ def allocations(task: Task, cfg: dict, world: dist.World, logbook: Logbook, devi
     for scheme in settings["schemes"]:
         if scheme not in ledger:
             bits = allocate(scheme, settings["target"], tensors, counts, traces.entries, cfg["ptq"])
-            average = sum(counts[n] * bits[n] for n in counts) / sum(counts.values())
-            ledger.record(scheme, {"bits": bits, "average_bits": average})
+            ledger.record(scheme, {"bits": bits, "average_bits": average_precision(bits, counts)})
     probe.close()
     if "float" not in ledger:
         metrics = evaluate_child(task, cfg, world, logbook.child("fisher/float"), device, init, [], "float")

@@ -113,6 +113,11 @@ def sensitivities(tensors: dict[str, list[torch.Tensor]], traces: dict[str, floa
     return out
 
 
+def average_precision(bits: dict[str, int], counts: dict[str, int]) -> float:
+    """Bits per weight element over the quantizable layers; a layer without bits is float (32)."""
+    return sum(counts[n] * bits.get(n, 32) for n in counts) / sum(counts.values())
+
+
 def allocate(scheme: str, target: int, tensors: dict[str, list[torch.Tensor]], counts: dict[str, int],
              traces: dict[str, dict], settings: dict) -> dict[str, int]:
     if scheme == "uniform":
@@ -157,7 +162,7 @@ def run_ptq(task: Task, cfg: dict, world: dist.World, logbook: Logbook, device: 
         if key in results:
             continue
         bits = {} if scheme == "float" else allocate(scheme, target, tensors, counts, traces.entries, settings)
-        average = sum(counts[n] * bits.get(n, 32) for n in counts) / sum(counts.values())
+        average = average_precision(bits, counts)
         rules = [{"modules": re.escape(layer), "algorithm": "symmetric", "bits": b} for layer, b in bits.items()]
         metrics = evaluate_child(task, cfg, world, logbook.child(f"ptq/{scheme}_{target}"), device, init, rules,
                                  "ptq")
