@@ -29,7 +29,7 @@ from problems.COCO.DETR import build_task  # noqa: E402
 from problems.COCO.DETR.network import DETR  # noqa: E402
 from quantlab.engine.config import build_config  # noqa: E402
 from quantlab.sensitivity.distillation import distillation_loss  # noqa: E402
-from quantlab.sensitivity.fisher import fisher_penalty, fisher_traces  # noqa: E402
+from quantlab.sensitivity.fisher import fisher_penalty, fisher_traces, trainable_weights  # noqa: E402
 from quantlab.sensitivity.hessian import hutchinson_traces  # noqa: E402
 from quantlab.sensitivity.ilp import average_bits  # noqa: E402
 from quantlab.sensitivity.ptq import _flat, layer_tensors  # noqa: E402
@@ -72,8 +72,8 @@ def main() -> None:
             outputs = task.forward(model, batch)
             total = sum(task.loss(outputs, batch).values())
             if regularizer > 0:
-                weights = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
-                total = total + regularizer * fisher_penalty(weights, sum(task.critical_loss(outputs, batch).values()))
+                critical = sum(task.critical_loss(outputs, batch).values())
+                total = total + regularizer * fisher_penalty(trainable_weights(model), critical)
             total.backward()
             optimizer.step()
         model.train()

@@ -25,7 +25,7 @@ from quantlab.metrics.size import size_report
 from quantlab.quant import calibration, export, qat, reference
 from quantlab.quant.editing import rebuild
 from quantlab.quant.qdq import export_onnx
-from quantlab.sensitivity.fisher import fisher_penalty
+from quantlab.sensitivity.fisher import fisher_penalty, trainable_weights
 
 FORMAT = "quantlab/1"
 
@@ -162,9 +162,8 @@ class Trainer:
             terms = self.task.loss(outputs, batch)
             weight = self.cfg["quantize"]["fisher_regularizer"]
             if weight > 0:  # lambda Tr(F) of the critical loss, from its squared batch gradient
-                weights = [p for p in self.model.parameters() if p.requires_grad and p.dim() > 1]
                 critical = sum(self.task.critical_loss(outputs, batch).values())
-                terms["fisher"] = weight * fisher_penalty(weights, critical)
+                terms["fisher"] = weight * fisher_penalty(trainable_weights(self.model), critical)
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
