@@ -6,6 +6,7 @@ from quantlab.engine import checkpoint, distributed as dist
 from quantlab.engine.config import build_config
 from quantlab.engine.logbook import Logbook
 from quantlab.engine.trainer import Trainer
+from quantlab.files import link_atomic
 from quantlab.mqat.runner import StagedRuns
 from tests.conftest import REPO
 from tests.test_engine import TINY_SET
@@ -36,7 +37,7 @@ def test_a_candidate_interrupted_in_stage_two_resumes_there_and_ends_the_same(tm
     runs(bits, order)
     stage1 = logbook.child("backbone32_fpn2_head4__fpn-head/stage1").saves / "last.pt"
     stage2 = logbook.child("backbone32_fpn2_head4__fpn-head/stage2").saves
-    checkpoint.link_atomic(stage2 / "epoch_0001.pt", stage2 / "last.pt")  # killed after epoch 1 of stage 2
+    link_atomic(stage2 / "epoch_0001.pt", stage2 / "last.pt")  # killed after epoch 1 of stage 2
     before = stage1.stat().st_mtime_ns
     again = runs(bits, order)
     assert stage1.stat().st_mtime_ns == before  # stage 1 is not trained again

@@ -1,41 +1,18 @@
 """Checkpoint files: written atomically, read without unpickling code."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from quantlab.engine.errors import CheckpointError
+from quantlab.files import write_atomic
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """Write `state` to `path` so that a crash leaves either the old file or the new one.
-
-    The data goes to a temporary file in the same folder, is flushed to disk, and is then
-    renamed over the target (rename is atomic on POSIX file systems).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def link_atomic(src: Path, dst: Path) -> None:
-    """Make `dst` name the same file as `src` (hard link, replaced atomically)."""
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        tmp.unlink()
-    os.link(src, tmp)
-    os.replace(tmp, dst)
+    """Write `state` to `path` so that a crash leaves either the old file or the new one."""
+    write_atomic(path, lambda fh: torch.save(state, fh))
 
 
 def load(path: Path) -> dict[str, Any]:

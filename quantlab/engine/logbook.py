@@ -5,20 +5,25 @@
     expNNNN/stats/             TensorBoard event files
     expNNNN/eval/<tag>/        metrics.json (+ plots) for each evaluation
     expNNNN/children/<name>/   the same layout for each child run of a search (MQAT, HAWQ)
+    expNNNN/.lock              locked (flock) by the run that writes the experiment
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
 from quantlab.engine import checkpoint
 from quantlab.engine.config import Config, dump
-from quantlab.engine.errors import CheckpointError, ConfigError
+from quantlab.engine.errors import CheckpointError, ConfigError, ExperimentError
+from quantlab.files import Busy, exclusive_lock, link_atomic, remove_stale_temps, write_text_atomic
+from quantlab.signals import held
 
 
 class Logbook:
@@ -44,17 +49,40 @@ class Logbook:
         return kid
 
     @staticmethod
-    def next_id(logs_root: Path, problem: str, topology: str) -> int:
+    def claim(logs_root: Path, problem: str, topology: str) -> int:
+        """A new experiment id whose folder this call created. `mkdir` either creates the
+        folder or fails, so two runs started at the same instant never share an id."""
         folder = logs_root / problem / topology
-        ids = [int(m.group(1)) for p in folder.glob("exp*")
-               if (m := re.fullmatch(r"exp(\d{4,})", p.name))] if folder.is_dir() else []
-        return max(ids, default=-1) + 1
+        folder.mkdir(parents=True, exist_ok=True)
+        ids = [int(m.group(1)) for p in folder.glob("exp*") if (m := re.fullmatch(r"exp(\d{4,})", p.name))]
+        exp_id = max(ids, default=-1) + 1
+        while True:
+            try:
+                (folder / f"exp{exp_id:04d}").mkdir()
+                return exp_id
+            except FileExistsError:
+                exp_id += 1
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[list[Path]]:
+        """Own the experiment for the `with` block, one writing run at a time; yields the
+        temporary files interrupted writers had left there, which are now removed."""
+        try:
+            with exclusive_lock(self.root / ".lock", wait=False):
+                yield remove_stale_temps(self.root)
+        except Busy:
+            raise ExperimentError(f"{self.root}: experiment in use by another run "
+                                  f"(which holds {self.root / '.lock'})") from None
 
     def create(self, cfg: Config) -> None:
         if self.writer:
             for folder in (self.saves, self.stats, self.evals):
                 folder.mkdir(parents=True, exist_ok=True)
-            self._write_text(self.root / "config.yaml", dump(cfg))
+            self.write_config(cfg)
+
+    def write_config(self, cfg: Config) -> None:
+        if self.writer:
+            write_text_atomic(self.root / "config.yaml", dump(cfg))
 
     def load_config(self) -> Config:
         path = self.root / "config.yaml"
@@ -62,21 +90,33 @@ class Logbook:
             raise ConfigError(f"{path}: no such experiment (config.yaml missing)")
         return yaml.safe_load(path.read_text())
 
+    def has_results(self) -> bool:
+        """Whether the experiment holds a checkpoint or an evaluation worth keeping."""
+        return any(self.root.rglob("*.pt")) or any(self.root.rglob("metrics.json"))
+
+    def discard(self) -> bool:
+        """Remove this new experiment's folder if it failed before any result."""
+        if not self.writer or not self.root.is_dir() or self.has_results():
+            return False
+        shutil.rmtree(self.root, ignore_errors=True)
+        return True
+
     # checkpoints -------------------------------------------------------------------------
     def epoch_path(self, epoch: int) -> Path:
         return self.saves / f"epoch_{epoch:04d}.pt"
 
     def save(self, state: dict[str, Any], epoch: int, keep_numbered: bool, is_best: bool) -> None:
-        """Write the epoch's checkpoint and point last (and best) at it."""
+        """Write the epoch's checkpoint as `last.pt`, then give it the names `epoch_NNNN.pt`
+        (when kept) and `best.pt` (when best) by hard links: every name holds a whole file."""
         if not self.writer:
             return
-        target = self.epoch_path(epoch) if keep_numbered else self.saves / ".current.pt"
-        checkpoint.save_atomic(state, target)
-        checkpoint.link_atomic(target, self.saves / "last.pt")
-        if is_best:
-            checkpoint.link_atomic(target, self.saves / "best.pt")
-        if not keep_numbered:
-            target.unlink()
+        last = self.saves / "last.pt"
+        with held():  # the three names change together, or a stop waits until they have
+            checkpoint.save_atomic(state, last)
+            if keep_numbered:
+                link_atomic(last, self.epoch_path(epoch))
+            if is_best:
+                link_atomic(last, self.saves / "best.pt")
 
     def resolve(self, spec: str) -> Path:
         """`last`, `best`, an epoch number, or a path to a checkpoint file."""
@@ -103,12 +143,5 @@ class Logbook:
     def write_json(self, relative: str | Path, data: Any) -> Path:
         path = self.root / relative
         if self.writer:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._write_text(path, json.dumps(data, indent=2, sort_keys=True))
+            write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
         return path
-
-    @staticmethod
-    def _write_text(path: Path, text: str) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)

@@ -6,9 +6,10 @@ written atomically, so an interrupted search resumes without re-running finished
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
+
+from quantlab.files import write_text_atomic
 
 
 def candidate_key(bits: dict[str, int], order: list[str] | None, algorithm: str | None = None) -> str:
@@ -28,12 +29,8 @@ class Ledger:
 
     def record(self, key: str, entry: dict[str, Any]) -> None:
         self.entries[key] = entry
-        if not self.writer:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.entries, indent=2, sort_keys=True))
-        os.replace(tmp, self.path)
+        if self.writer:
+            write_text_atomic(self.path, json.dumps(self.entries, indent=2, sort_keys=True))
 
     def cached(self, run: Callable[[dict[str, int], list[str] | None], dict[str, Any]],
                algorithm: str | None = None) -> Callable[[dict[str, int], list[str] | None], dict[str, Any]]:

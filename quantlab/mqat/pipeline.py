@@ -10,6 +10,7 @@ from quantlab.engine.children import evaluate_child
 from quantlab.engine.errors import ConfigError
 from quantlab.engine.logbook import Logbook
 from quantlab.engine.task import Task
+from quantlab.files import write_text_atomic
 from quantlab.mqat.ledger import Ledger, candidate_key
 from quantlab.mqat.runner import FINETUNE, StagedRuns
 from quantlab.mqat.search import (FLOAT, Sensitivity, bit_search, exhaustive_flow, model_size, plan_bits,
@@ -60,7 +61,7 @@ def _sensitivity(task: Task, cfg: dict, world: dist.World, logbook: Logbook, led
     logbook.write_json("mqat/sensitivity.json", {"float_metric": sens.float_metric, "cube": sens.cube,
                                                  "singles": sens.singles, "ranking": sens.ranking})
     if world.is_main:
-        (logbook.root / "mqat" / "cube.md").write_text(table + "\n")
+        write_text_atomic(logbook.root / "mqat" / "cube.md", table + "\n")
         print(f"\nmodule sensitivity at {cfg['mqat']['probe_bits']} bits:\n{table}\n"
               f"flow by sensitivity (least harmful first): {' -> '.join(sens.ranking)}", flush=True)
     return sens

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quantlab.files import write_text_atomic
 from quantlab.mqat.search import FLOAT
 
 NAMES = ("cube", "module_bits", "compression", "depth")
@@ -146,8 +147,7 @@ def save_tables(folder: Path, tables: list[Table], writer: bool = True) -> str:
     """Write tables/<name>.{md,csv} (main rank) and return their Markdown."""
     if writer:
         out = folder / "tables"
-        out.mkdir(parents=True, exist_ok=True)
         for table in tables:
-            (out / f"{table.name}.md").write_text(table.markdown() + "\n")
-            (out / f"{table.name}.csv").write_text(table.csv())
+            write_text_atomic(out / f"{table.name}.md", table.markdown() + "\n")
+            write_text_atomic(out / f"{table.name}.csv", table.csv())
     return "\n\n".join(t.markdown() for t in tables)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from quantlab.files import write_atomic
 from quantlab.quant.layers import Grid, SymmetricWeight, _CalibratedActivation, _Quantized
 
 OPSET = 17
@@ -75,11 +76,9 @@ def qdq_model(model: nn.Module) -> nn.Module:
 def export_onnx(model: nn.Module, args: tuple, path: Path, input_names: list[str] | None = None) -> None:
     """Write `model` (called on `args`) as ONNX with Q/DQ pairs, via the TorchScript exporter
     (the dynamo exporter cannot yet decompose fake_quantize ops)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    probe = qdq_model(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # constants are meant
-        torch.onnx.export(qdq_model(model), args, str(tmp), dynamo=False, opset_version=OPSET,
-                          input_names=input_names, do_constant_folding=True)
-    tmp.replace(path)
+        write_atomic(path, lambda fh: torch.onnx.export(probe, args, fh, dynamo=False, opset_version=OPSET,
+                                                        input_names=input_names, do_constant_folding=True))
