@@ -67,3 +67,60 @@ def test_exponent_without_dot_is_a_number():
     assert parse_override("training.lr=1e-3") == {"training": {"lr": 0.001}}
     assert parse_override("x=2E5") == {"x": 200000.0}
     assert parse_override("name=e5") == {"name": "e5"}
+
+
+TOPOLOGIES = sorted((REPO / "problems").glob("*/*/config.yaml"))
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES, ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}")
+def test_every_profile_builds_and_every_schema_key_exists(topology):
+    import yaml
+    for profile in yaml.safe_load(topology.read_text())["profiles"]:
+        build_config(DEFAULTS, topology, profile, [])  # a schema key the config lacks is an error
+
+
+@pytest.mark.parametrize("override, message", [
+    ("engine.device=tpu", "'engine.device': 'tpu' is not one of ['auto', 'cpu', 'cuda']"),
+    ("training.batch_size=0", "'training.batch_size' must be at least 1, got 0"),
+    ("training.schedule.warmup_factor=0", "'training.schedule.warmup_factor' must be above 0, got 0"),
+    ("training.momentum=1.5", "'training.momentum' must be at most 1, got 1.5"),
+    ("mqat.grid=[2, 9]", "'mqat.grid' must be at most 8, got 9"),  # list items one by one
+    ("quantize.child_training={schedule: {type: steps}}",
+     "'quantize.child_training.schedule.type': 'steps' is not one of"),
+])
+def test_values_outside_the_schema_name_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        build_config(DEFAULTS, REPO / "problems" / "COCO" / "DETR" / "config.yaml", "paper", [override])
+    assert message in str(err.value)
+
+
+def test_schema_choices_are_what_the_code_accepts():
+    import yaml
+    from quantlab.engine.optim import LR_SCALINGS, OPTIMIZERS, SCHEDULES
+    from quantlab.sensitivity.fisher_qat import SCHEMES as FISHER
+    from quantlab.sensitivity.ptq import SCHEMES as PTQ
+    schema = yaml.safe_load((REPO / "cfg" / "schema.yaml").read_text())
+    assert tuple(schema["training.optimizer"]["choices"]) == OPTIMIZERS
+    assert tuple(schema["training.schedule.type"]["choices"]) == SCHEDULES
+    assert tuple(schema["engine.lr_scaling"]["choices"]) == LR_SCALINGS
+    assert tuple(schema["ptq.schemes"]["choices"]) == PTQ and tuple(schema["fisher.schemes"]["choices"]) == FISHER
+
+
+def test_unparseable_yaml_in_set_is_an_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"the value of 'data.root' is not valid YAML"):
+        parse_override("data.root=[oops")
+    assert parse_override("data.root='[oops'") == {"data": {"root": "[oops"}}
+
+
+def test_exponents_are_numbers_at_any_depth():
+    assert parse_override("s={gamma: 1.0e12, m: [1e3]}") == {"s": {"gamma": 1e12, "m": [1000.0]}}
+
+
+def test_a_resumed_config_gets_keys_added_since_and_is_checked(tmp_path):
+    from quantlab.engine.config import resume_config
+    saved = build_config(DEFAULTS, WDR, "mini", [])
+    del saved["engine"]["stall_timeout"]  # an experiment from before the key existed
+    cfg = resume_config(DEFAULTS, WDR, saved, tmp_path / "config.yaml", ["training.epochs=7"])
+    assert cfg["engine"]["stall_timeout"] == 600 and cfg["training"]["epochs"] == 7 and cfg["profile"] == "mini"
+    with pytest.raises(ConfigError, match="'training.epochs' must be at least 1"):
+        resume_config(DEFAULTS, WDR, saved, tmp_path / "config.yaml", ["training.epochs=0"])

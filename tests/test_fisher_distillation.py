@@ -45,14 +45,19 @@ def test_distillation_is_zero_for_identical_outputs_and_positive_otherwise():
     assert float(distillation_loss(outputs(logits + torch.randn_like(logits), boxes), teacher)) > 0
 
 
-@pytest.mark.parametrize("change, key", [({"schemes": ["uniform", "hessian"]}, "fisher.schemes"),
-                                         ({"target": 2}, "fisher.target"),
-                                         ({"regularizers": [0.0, -0.1]}, "fisher.regularizers")])
-def test_fisher_mode_settings_are_checked(change, key):
+@pytest.mark.parametrize("override, key", [("fisher.schemes=[uniform, hessian]", "fisher.schemes"),
+                                           ("fisher.target=2", "fisher.target"),
+                                           ("fisher.regularizers=[0.0, -0.1]", "fisher.regularizers")])
+def test_fisher_mode_settings_are_checked(override, key):
+    from quantlab.engine.config import build_config
     from quantlab.engine.errors import ConfigError
     from quantlab.sensitivity.fisher_qat import check
-    settings = {"schemes": ["uniform", "fisher_critical"], "target": 4, "regularizers": [0.0, 0.001]}
-    ranges = {4: [3, 6], 6: [4, 7]}
-    check(settings, ranges)
+    from tests.conftest import REPO
+
+    def settings(*overrides):
+        cfg = build_config(REPO / "cfg" / "defaults.yaml", REPO / "problems" / "COCO" / "DETR" / "config.yaml",
+                           "mini", list(overrides))
+        check(cfg["fisher"], cfg["ptq"]["ranges"])
+    settings()
     with pytest.raises(ConfigError, match=key):
-        check({**settings, **change}, ranges)
+        settings(override)

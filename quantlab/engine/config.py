@@ -1,9 +1,11 @@
 """Experiment configuration: YAML files merged in layers, checked against a schema.
 
-The schema is the merged defaults themselves (cfg/defaults.yaml + the topology's
-`defaults:` section): a profile or a `--set` override may only name keys that exist there,
-with a value of a compatible type. This catches the typo that would otherwise silently
-train with the default.
+The schema has two parts. The merged defaults (cfg/defaults.yaml + the topology's
+`defaults:` section) give every key and its type: a profile or a `--set` override may only
+name keys that exist there, with a value of a compatible type, which catches the typo that
+would otherwise silently train with the default. cfg/schema.yaml (+ the topology's
+`schema:` section) gives allowed values and ranges, so that `training.batch_size=0` or an
+unknown optimizer stops the run before anything is created.
 """
 from __future__ import annotations
 
@@ -71,6 +73,18 @@ def merge_checked(base: Config, override: dict, source: str, prefix: str = "") -
     return out
 
 
+def _numbers(value: Any) -> Any:
+    """`value` with exponent notation read as numbers at any depth: YAML 1.1 reads `1e-3`
+    and `1.0e12` as strings, where users mean numbers."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
+
+
 def parse_override(text: str) -> dict:
     """Turn `a.b.c=value` into {'a': {'b': {'c': value}}}, value parsed as YAML."""
     if "=" not in text:
@@ -80,28 +94,31 @@ def parse_override(text: str) -> dict:
         raise ConfigError(f"--set {text!r}: empty key")
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        value = float(value)  # YAML 1.1 reads 1e-3 as a string; users mean a number
-    nested: dict = value
+    except yaml.YAMLError as exc:
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise ConfigError(f"--set {text!r}: the value of '{key}' is not valid YAML ({problem}); "
+                          "quote it to pass a string")
+    nested: dict = _numbers(value)
     for part in reversed(key.split(".")):
         nested = {part: nested}
     return nested
 
 
-def build_config(defaults_file: Path, topology_file: Path, profile: str,
-                 overrides: list[str]) -> Config:
-    """Resolve the configuration of a new experiment: defaults, topology, profile, --set."""
+RULES = {"choices", "min", "max", "above", "overlays"}
+
+
+def _layers(defaults_file: Path, topology_file: Path) -> tuple[Config, dict, dict[str, dict]]:
+    """The global defaults with the topology's `defaults:` laid over them, the topology's
+    profiles, and the value schema: `schema.yaml` beside the defaults, then the topology's
+    `schema:` section, as {dotted key: {choices | min | max | above | overlays}}."""
     base = load_yaml(defaults_file)
     topo = load_yaml(topology_file)
-    unknown = set(topo) - {"defaults", "profiles"}
+    unknown = set(topo) - {"defaults", "profiles", "schema"}
     if unknown:
         raise ConfigError(f"{topology_file}: unknown top-level key(s) {sorted(unknown)}; "
-                          "expected 'defaults' and 'profiles'")
+                          "expected 'defaults', 'profiles' and 'schema'")
     topo_defaults = topo.get("defaults") or {}
-    clash = set(base) & set(topo_defaults)
-    for key in clash:
+    for key in set(base) & set(topo_defaults):
         if not (isinstance(base[key], dict) and isinstance(topo_defaults[key], dict)):
             raise ConfigError(f"{topology_file}: key '{key}' redefines a global default")
     cfg = copy.deepcopy(base)
@@ -110,12 +127,90 @@ def build_config(defaults_file: Path, topology_file: Path, profile: str,
             cfg[key] = merge_checked(cfg[key], value, str(topology_file), key + ".")
         else:
             cfg[key] = copy.deepcopy(value)
-    profiles = topo.get("profiles") or {}
+    schema = {**load_yaml(defaults_file.with_name("schema.yaml")), **(topo.get("schema") or {})}
+    for key, rule in schema.items():
+        if not isinstance(rule, dict) or not set(rule) <= RULES:
+            raise ConfigError(f"schema of '{key}': expected a mapping of {sorted(RULES)}, got {rule!r}")
+    return cfg, topo.get("profiles") or {}, schema
+
+
+_MISSING = object()
+
+
+def _lookup(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _value_error(key: str, value: Any, rule: dict) -> str | None:
+    """Why `value` breaks `rule` (None when it does not); lists are checked item by item."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return next((e for e in (_value_error(key, v, rule) for v in value) if e), None)
+    if "choices" in rule and value not in rule["choices"]:
+        return f"config key '{key}': {value!r} is not one of {rule['choices']}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if "min" in rule and value < rule["min"]:
+        return f"config key '{key}' must be at least {rule['min']}, got {value}"
+    if "above" in rule and value <= rule["above"]:
+        return f"config key '{key}' must be above {rule['above']}, got {value}"
+    if "max" in rule and value > rule["max"]:
+        return f"config key '{key}' must be at most {rule['max']}, got {value}"
+    return None
+
+
+def check_values(cfg: Config, schema: dict[str, dict], prefix: str = "", partial: bool = False) -> Config:
+    """Raise a ConfigError naming the first key whose value the schema does not allow.
+
+    A mapping with `overlays: S` (quantize.child_training over training) holds some keys of
+    section S: those present are checked with S's rules. `partial` skips absent keys."""
+    for key, rule in schema.items():
+        value = _lookup(cfg, key)
+        if value is _MISSING:
+            if partial:
+                continue
+            raise ConfigError(f"schema names config key '{prefix}{key}', which the configuration does not have")
+        if "overlays" in rule:
+            section = rule["overlays"] + "."
+            check_values(value, {k[len(section):]: r for k, r in schema.items() if k.startswith(section)},
+                         f"{prefix}{key}.", partial=True)
+            continue
+        error = _value_error(prefix + key, value, rule)
+        if error:
+            raise ConfigError(error)
+    return cfg
+
+
+def build_config(defaults_file: Path, topology_file: Path, profile: str,
+                 overrides: list[str]) -> Config:
+    """Resolve the configuration of a new experiment: defaults, topology, profile, --set."""
+    cfg, profiles, schema = _layers(defaults_file, topology_file)
     if profile not in profiles:
         raise ConfigError(f"{topology_file}: unknown profile '{profile}' "
                           f"(available: {', '.join(sorted(profiles)) or 'none'})")
     cfg = merge_checked(cfg, profiles[profile] or {}, f"{topology_file} profile '{profile}'")
     cfg = apply_overrides(cfg, overrides)
+    check_values(cfg, schema)
+    cfg["profile"] = profile
+    return cfg
+
+
+def resume_config(defaults_file: Path, topology_file: Path, saved: Config, source: Path,
+                  overrides: list[str]) -> Config:
+    """The configuration of a continued experiment: its saved `config.yaml` laid over
+    today's defaults (keys added since take their default), then --set, checked like a
+    new one."""
+    saved = dict(saved)
+    profile = saved.pop("profile", None)
+    defaults, _, schema = _layers(defaults_file, topology_file)
+    cfg = apply_overrides(merge_checked(defaults, saved, str(source)), overrides)
+    check_values(cfg, schema)
     cfg["profile"] = profile
     return cfg
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 
@@ -19,20 +20,48 @@ def param_groups(named: list[tuple[str, torch.nn.Parameter]], lr: float, factors
     return [g for g in groups if g["params"]]
 
 
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("multistep", "cosine", "constant", "inq")
+LR_SCALINGS = ("linear", "none")
+#: the state-dict entries of torch optimizers and schedulers that hold learning rates
+LR_KEYS = frozenset({"lr", "initial_lr", "base_lrs", "_last_lr", "eta_min"})
+
+
+def lr_scale(lr_scaling: str, world_size: int) -> int:
+    """The factor on the configured lr: the number of ranks under linear scaling (the
+    global batch grows with them), else 1."""
+    if lr_scaling not in LR_SCALINGS:
+        raise ConfigError(f"config key 'engine.lr_scaling': expected one of {LR_SCALINGS}, got {lr_scaling!r}")
+    return world_size if lr_scaling == "linear" else 1
+
+
 def build_optimizer(named: list[tuple[str, torch.nn.Parameter]], cfg: dict, world_size: int,
                     lr_scaling: str) -> torch.optim.Optimizer:
-    """SGD or AdamW; lr x ranks under linear scaling (the batch grows with the ranks)."""
-    scale = {"linear": world_size, "none": 1}.get(lr_scaling)
-    if scale is None:
-        raise ConfigError(f"config key 'engine.lr_scaling': expected linear or none, got {lr_scaling!r}")
-    lr = cfg["lr"] * scale
+    """SGD or AdamW at lr x `lr_scale`."""
+    lr = cfg["lr"] * lr_scale(lr_scaling, world_size)
     params = param_groups(named, lr, cfg.get("lr_groups", {}))  # absent in configs of older experiments
     name = cfg["optimizer"]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=cfg["weight_decay"])
-    raise ConfigError(f"config key 'training.optimizer': expected sgd or adamw, got {name!r}")
+    raise ConfigError(f"config key 'training.optimizer': expected one of {OPTIMIZERS}, got {name!r}")
+
+
+def rescale_lr(state: Any, ratio: float) -> Any:
+    """An optimizer's or scheduler's state dict with every learning rate in it times
+    `ratio`: how a run resumed on another number of ranks keeps linear lr scaling."""
+    if isinstance(state, dict):
+        return {k: _times(v, ratio) if k in LR_KEYS else rescale_lr(v, ratio) for k, v in state.items()}
+    if isinstance(state, list):
+        return [rescale_lr(v, ratio) for v in state]
+    return state
+
+
+def _times(value: Any, ratio: float) -> Any:
+    if isinstance(value, list):
+        return [v * ratio for v in value]
+    return value * ratio
 
 
 def inq_multiplier(steps: list[int], decay_after: int = 2, factor: float = 0.1):
@@ -64,7 +93,7 @@ def build_schedule(optimizer: torch.optim.Optimizer, cfg: dict,
     elif kind == "constant":
         main = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     else:
-        raise ConfigError(f"config key 'training.schedule.type': expected multistep, cosine, constant or inq, got {kind!r}")
+        raise ConfigError(f"config key 'training.schedule.type': expected one of {SCHEDULES}, got {kind!r}")
     if warmup <= 0:
         return main
     ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=sched["warmup_factor"],
