@@ -6,11 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import sys
-import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
@@ -84,9 +84,11 @@ def tables(args: argparse.Namespace, cfg: dict, world, logbook, data_root: Path)
     from quantlab.mqat.tables import NAMES, save_tables, write_tables
     from quantlab.sensitivity.tables import FISHER_NAMES, PTQ_NAMES, detr_fisher, detr_ptq
     kinds = {"mqat": NAMES, "ptq": PTQ_NAMES, "fisher": FISHER_NAMES}
+    if args.exp_id is None:
+        raise ConfigError(f"--mode table reads a finished --mode {', '.join(kinds)} experiment: pass its --exp_id")
     kind = next((k for k in kinds if (logbook.root / k).is_dir()), None)
-    if args.exp_id is None or kind is None:
-        raise ConfigError(f"--mode table reads a finished --mode {', '.join(kinds)} experiment: pass its --exp_id "
+    if kind is None:
+        raise ConfigError(f"--mode table reads a finished --mode {', '.join(kinds)} experiment "
                           f"(none of {', '.join(str(logbook.root / k) for k in kinds)} found)")
     names = list(kinds[kind]) if args.table == "all" else [args.table]
     if not set(names) <= set(kinds[kind]):
@@ -107,110 +109,147 @@ def tables(args: argparse.Namespace, cfg: dict, world, logbook, data_root: Path)
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    from quantlab.engine import distributed as dist
-    from quantlab.engine.config import apply_overrides, build_config
+#: modes whose runs train (they need a training split of at least one batch per rank)
+TRAINS = ("train", "sensitivity", "mqat", "hawq", "fisher")
+#: modes that start from the float checkpoint `quantize.init` and run child experiments
+SEARCHES = ("sensitivity", "mqat", "hawq", "ptq", "fisher")
+
+
+def configure(args: argparse.Namespace) -> tuple[dict, Path, Path]:
+    """The checked configuration and the storage roots; nothing is created but the logs
+    root (checked writable). Runs before Horovod starts, identically on every rank."""
+    from quantlab.engine import preflight
+    from quantlab.engine.config import build_config, resume_config
     from quantlab.engine.errors import ConfigError
     from quantlab.engine.logbook import Logbook
-    from quantlab.engine.trainer import Trainer
 
     topo_dir = REPO / "problems" / args.problem / args.topology
     if not (topo_dir / "config.yaml").is_file():
         known = sorted(f"{p.parent.name}/{p.name}" for p in (REPO / "problems").glob("*/*") if (p / "config.yaml").is_file())
         raise ConfigError(f"{topo_dir}: no such problem/topology (available: {', '.join(known)})")
     data_root, logs_root = storage_roots()
-
+    defaults = REPO / "cfg" / "defaults.yaml"
     if args.exp_id is None:
-        cfg = build_config(REPO / "cfg" / "defaults.yaml", topo_dir / "config.yaml", args.profile, args.overrides)
+        cfg = build_config(defaults, topo_dir / "config.yaml", args.profile, args.overrides)
     else:
-        probe = Logbook(logs_root, args.problem, args.topology, args.exp_id, writer=False)
-        cfg = apply_overrides(probe.load_config(), args.overrides)
-    world = dist.init(cfg["engine"]["threads"])
+        saved = Logbook(logs_root, args.problem, args.topology, args.exp_id, writer=False)
+        cfg = resume_config(defaults, topo_dir / "config.yaml", saved.load_config(), saved.root / "config.yaml",
+                            args.overrides)
+    preflight.recipe(cfg["quantize"])
+    preflight.writable_folder(logs_root, "the logs root (cfg/hard_storage.json)")
+    return cfg, data_root, logs_root
 
-    exp_id = args.exp_id
-    if exp_id is None:
-        exp_id = dist.broadcast_object(
-            Logbook.next_id(logs_root, args.problem, args.topology) if world.is_main else None, "exp_id")
-    logbook = Logbook(logs_root, args.problem, args.topology, exp_id, writer=world.is_main)
-    resuming = args.exp_id is not None
-    if args.mode == "table":
-        return tables(args, cfg, world, logbook, data_root)
-    if not resuming or (args.overrides and args.mode == "train"):
-        logbook.create(cfg)  # a new experiment, or the overrides a continued run uses
-    if world.is_main:
-        print(f"experiment {logbook.root.relative_to(REPO) if logbook.root.is_relative_to(REPO) else logbook.root} "
-              f"({args.mode}, {world.size} rank{'s' if world.size > 1 else ''}, profile {cfg['profile']})", flush=True)
 
-    task = importlib.import_module(f"problems.{args.problem}.{args.topology}").build_task(cfg, data_root)
-    if world.is_main:
-        note = task.prepare_data()
-        if note:
-            print(note, flush=True)
-    dist.barrier()
+def run(args: argparse.Namespace) -> int:
+    from quantlab.engine import distributed as dist, preflight
+    from quantlab.engine.errors import ConfigError
+    from quantlab.engine.logbook import Logbook
 
+    cfg, data_root, logs_root = configure(args)
+    world = dist.init(cfg["engine"]["threads"], cfg["engine"]["stall_timeout"])
+    preflight.device(cfg["engine"]["device"])
     device = dist.device_for(world, cfg["engine"]["device"])
-    if args.mode in ("sensitivity", "mqat", "hawq", "ptq", "fisher"):
+    task = importlib.import_module(f"problems.{args.problem}.{args.topology}").build_task(cfg, data_root)
+    if args.mode == "table":
+        return tables(args, cfg, world, Logbook(logs_root, args.problem, args.topology, args.exp_id or 0,
+                                                writer=world.is_main), data_root)
+
+    note = dist.on_main(world, "data.ready", task.prepare_data)
+    if note and world.is_main:
+        print(note, flush=True)
+    preflight.evaluation_split(task, cfg["engine"]["eval_split"])
+    if args.mode in TRAINS:
+        training = cfg["quantize"]["child_training"] if args.mode in SEARCHES else {}
+        preflight.training_split(task, training.get("batch_size", cfg["training"]["batch_size"]), world)
+    resuming = args.exp_id is not None
+    last = Logbook(logs_root, args.problem, args.topology, args.exp_id, writer=False).saves / "last.pt" if resuming \
+        else None
+    resume = last if args.mode == "train" and last is not None and last.is_file() else None
+    # the weights to start from: a new run's, a search's, or a continued run's that saved
+    # nothing yet; test and export of an experiment read the checkpoint --ckpt names
+    fresh = not resuming or args.mode in SEARCHES or (args.mode == "train" and resume is None)
+    start = resolve_init(cfg["quantize"]["init"], logs_root, args) if fresh else None
+    if args.mode in SEARCHES and start is None:
+        raise ConfigError(f"--mode {args.mode} starts from a float checkpoint: set quantize.init")
+
+    exp_id = args.exp_id if resuming else dist.on_main(
+        world, "exp.claim", lambda: Logbook.claim(logs_root, args.problem, args.topology))
+    logbook = Logbook(logs_root, args.problem, args.topology, exp_id, writer=world.is_main)
+    with contextlib.ExitStack() as owned:
+        if args.mode in TRAINS + SEARCHES:  # one writing run per experiment; clear its stale temp files
+            stale = dist.on_main(world, "exp.lock", lambda: owned.enter_context(logbook.lock()))
+            if stale and world.is_main:
+                print(f"removed {len(stale)} temporary file(s) an interrupted run left in {logbook.root}", flush=True)
+        try:
+            if not resuming:
+                logbook.create(cfg)
+            if world.is_main:
+                where = logbook.root.relative_to(REPO) if logbook.root.is_relative_to(REPO) else logbook.root
+                print(f"experiment {where} ({args.mode}, {world.size} rank{'s' if world.size > 1 else ''}, "
+                      f"profile {cfg['profile']})", flush=True)
+            run_mode(args, cfg, world, logbook, task, device, start, resume)
+        except BaseException:
+            if not resuming and logbook.discard():
+                print(f"removed {logbook.root}: the run failed before producing anything", file=sys.stderr, flush=True)
+            raise
+    return 0
+
+
+def run_mode(args: argparse.Namespace, cfg: dict, world, logbook, task, device, start: Path | None,
+             resume: Path | None) -> None:
+    from quantlab.engine.trainer import Trainer
+
+    if args.mode in SEARCHES:
         from quantlab.mqat.pipeline import run_mqat, run_sensitivity
         from quantlab.sensitivity.fisher_qat import run_fisher
         from quantlab.sensitivity.pipeline import run_hawq
         from quantlab.sensitivity.ptq import run_ptq
-        start = resolve_init(cfg["quantize"]["init"], logs_root, args)
-        if start is None:
-            raise ConfigError(f"--mode {args.mode} starts from a float checkpoint: set quantize.init")
         modes = {"sensitivity": run_sensitivity, "mqat": run_mqat, "hawq": run_hawq, "ptq": run_ptq,
                  "fisher": run_fisher}
         modes[args.mode](task, cfg, world, logbook, device, start)
-        return 0
-    init = resolve_init(cfg["quantize"]["init"], logs_root, args) if not resuming else None
-    last = logbook.saves / "last.pt"
-    resume = last if resuming and args.mode == "train" and last.is_file() else None
-    trainer = Trainer(task, cfg, world, logbook, device, init, resume)
+        return
+    trainer = Trainer(task, cfg, world, logbook, device, start, resume)
     try:
         if args.mode == "train":
             report_quantization(trainer, logbook, world.is_main)
             if resume is not None:
                 trainer.resume()
+                if args.overrides:
+                    logbook.write_config(cfg)  # only once the checkpoint has loaded under it
             trainer.fit()
-        else:
-            source = trainer.load_for_test(args.ckpt)
-            trainer.sync()
-            trainer.calibrate()
-            report_quantization(trainer, logbook, world.is_main)
-            name = Path(args.ckpt).stem if not args.ckpt.isdigit() else f"epoch_{int(args.ckpt):04d}"
-            split = cfg["engine"]["eval_split"]
-            if args.mode == "export":
-                if world.is_main:
-                    folder = logbook.root / "export"
-                    sizes = trainer.export(folder)
-                    print(f"exported {source}: " + ", ".join(f"{folder / k} ({v / 2**20:.3f} MiB)"
-                                                             for k, v in sizes.items()), flush=True)
-                return 0
+            return
+        source = trainer.load_for_test(args.ckpt)
+        trainer.sync()
+        trainer.calibrate()
+        report_quantization(trainer, logbook, world.is_main)
+        if args.mode == "export":
             if world.is_main:
-                print(f"testing {source} on the {split} split", flush=True)
-            trainer.evaluate(split, f"test_{name}")
+                folder = logbook.root / "export"
+                sizes = trainer.export(folder)
+                print(f"exported {source}: " + ", ".join(f"{folder / k} ({v / 2**20:.3f} MiB)"
+                                                         for k, v in sizes.items()), flush=True)
+            return
+        name = Path(args.ckpt).stem if not args.ckpt.isdigit() else f"epoch_{int(args.ckpt):04d}"
+        split = cfg["engine"]["eval_split"]
+        if world.is_main:
+            print(f"testing {source} on the {split} split", flush=True)
+        trainer.evaluate(split, f"test_{name}")
     finally:
         trainer.close()
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     sys.path.insert(0, str(REPO))
-    from quantlab.engine.errors import QuantlabError
-    rank = "?"
+    import horovod.torch as hvd
+
+    from quantlab.engine.process import report
+    from quantlab.signals import Stopped, stop_on_signals
+    stop_on_signals()
     try:
-        import horovod.torch as hvd
-        try:
-            return run(args)
-        finally:
-            rank = str(hvd.rank()) if hvd.is_initialized() else "?"
-    except QuantlabError as exc:
-        print(f"error (rank {rank}): {exc}", file=sys.stderr, flush=True)
-    except KeyboardInterrupt:
-        print(f"interrupted (rank {rank})", file=sys.stderr, flush=True)
-    except Exception:
-        print(f"error (rank {rank}):\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-    return 1
+        return run(args)
+    except (Exception, Stopped) as exc:
+        return report(exc, hvd.rank() if hvd.is_initialized() else None)
 
 
 if __name__ == "__main__":

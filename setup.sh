@@ -10,6 +10,7 @@ VENV=.venv
 TORCH_VERSION=2.14.1
 TORCHVISION_VERSION=0.29.1
 HOROVOD_VERSION=0.28.1
+HOROVOD_PATCHES=2   # bump when patch_horovod_sdist changes: the cached wheel is keyed by it
 CACHE=${QUANTLAB_CACHE:-$HOME/.cache/quantlab}
 
 say() { echo "[setup] $*"; }
@@ -44,6 +45,11 @@ ensure_requirements() {
 # Patch the sdist as formats.md describes: C++20 everywhere torch's headers are compiled
 # (Horovod's CMake files and the bundled gloo), and a "no CUDA" answer from FindPytorch on
 # machines without a GPU so that the CPU operations (gloo, MPI) get built.
+# One launcher fix: horovodrun replaces itself by `/bin/sh -c "mpirun ..."`, and dash does
+# not hand its process to mpirun, so SIGTERM or SIGINT to horovodrun ended the shell and
+# left mpirun and every rank running. `exec mpirun` makes horovodrun's process mpirun
+# itself, which passes the signal on to the ranks.
+LAUNCHER_FIX="os.execve('/bin/sh', ['/bin/sh', '-c', 'exec ' + mpirun_command], env)"
 patch_horovod_sdist() {
     local src=$1 gpu=$2
     sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 20)/' \
@@ -53,20 +59,24 @@ patch_horovod_sdist() {
         sed -i 's/print(True if ((torch.version.cuda is not None) and (CUDA_HOME is not None)) else False)/print(False)/' \
             "$src/cmake/Modules/FindPytorch.cmake"
     fi
+    sed -i "s|os.execve('/bin/sh', \['/bin/sh', '-c', mpirun_command\], env)|$LAUNCHER_FIX|" \
+        "$src/horovod/runner/mpi_run.py"
+    grep -qF "$LAUNCHER_FIX" "$src/horovod/runner/mpi_run.py" || { echo "horovod patch failed: horovod/runner/mpi_run.py" >&2; exit 1; }
     grep -q 'CMAKE_CXX_STANDARD 20' "$src/horovod/torch/CMakeLists.txt" || { echo "horovod patch failed: horovod/torch/CMakeLists.txt" >&2; exit 1; }
     grep -q -- '-std=c++20' "$src/third_party/gloo/CMakeLists.txt" || { echo "horovod patch failed: third_party/gloo/CMakeLists.txt" >&2; exit 1; }
 }
 
 ensure_horovod() {
     if "$VENV/bin/python" -c "import horovod.torch" 2>/dev/null \
-        && [ "$("$VENV/bin/python" -c 'import horovod; print(horovod.__version__)')" = "$HOROVOD_VERSION" ]; then
+        && [ "$("$VENV/bin/python" -c 'import horovod; print(horovod.__version__)')" = "$HOROVOD_VERSION" ] \
+        && grep -qF "$LAUNCHER_FIX" "$("$VENV/bin/python" -c 'import horovod.runner.mpi_run as m; print(m.__file__)')"; then
         return
     fi
     local gpu=cpu
     command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && gpu=nccl
     local pyver key dir
     pyver=$("$VENV/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-    key="horovod-$HOROVOD_VERSION-torch$TORCH_VERSION-$pyver-$gpu"
+    key="horovod-$HOROVOD_VERSION-p$HOROVOD_PATCHES-torch$TORCH_VERSION-$pyver-$gpu"
     dir="$CACHE/$key"
     if ! ls "$dir"/horovod-*.whl >/dev/null 2>&1; then
         say "building Horovod $HOROVOD_VERSION ($gpu) from its sdist: about 8 minutes on 2 cores, once"
@@ -87,7 +97,7 @@ ensure_horovod() {
         rm -rf "$work"
     fi
     say "installing Horovod from $dir"
-    "${PIP[@]}" install --no-deps "$dir"/horovod-*.whl
+    "${PIP[@]}" install --no-deps --force-reinstall "$dir"/horovod-*.whl
 }
 
 ensure_mpi

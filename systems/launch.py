@@ -61,7 +61,9 @@ def main() -> None:
     if args.dry_run:
         print(" ".join(cmd))
         return
-    sys.exit(subprocess.call(cmd, env={**os.environ, **{k: str(v) for k, v in system["env"].items()}}))
+    # become horovodrun (which becomes mpirun): a signal sent to this process then reaches
+    # the launcher that stops every rank, instead of orphaning it
+    os.execve(cmd[0], cmd, {**os.environ, **{k: str(v) for k, v in system["env"].items()}})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
-"""Shared fixtures: a tiny synthetic SwissCube set generated once per session."""
+"""Shared fixtures: a tiny synthetic SwissCube set generated once per session, and a
+storage folder (data and logs roots) holding a copy of it."""
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,3 +22,12 @@ def tiny_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data") / "SwissCube-tiny"
     generate(root, TINY)
     return root
+
+
+@pytest.fixture()
+def storage(tmp_path, tiny_root) -> Path:
+    """A hard_storage.json whose data root already holds the tiny synthetic set."""
+    (tmp_path / "data").mkdir()
+    shutil.copytree(tiny_root, tmp_path / "data" / "SwissCube-tiny")
+    (tmp_path / "hard_storage.json").write_text(json.dumps({"data": "data", "logs": "logs"}))
+    return tmp_path

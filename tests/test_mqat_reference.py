@@ -19,7 +19,7 @@ from quantlab.quant.controllers import INQController
 from quantlab.quant.editing import Rule, apply_recipe
 from quantlab.quant.layers import INQWeight
 from tests.conftest import REPO
-from tests.test_engine import TINY_SET, exp_dir, main_cmd, run, storage  # noqa: F401 (fixture)
+from tests.test_engine import TINY_SET, exp_dir, main_cmd, run
 
 
 def tiny_task():

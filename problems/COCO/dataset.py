@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from pathlib import Path
 
 import torch
@@ -24,12 +25,38 @@ def annotation_file(root: Path, split: str) -> Path:
     return root / "annotations" / f"instances_{split}2017.json"
 
 
+#: the keys of each entry that the loader and COCOeval read, by section (and its entries' name)
+REQUIRED = {"images": ("image", ("id", "file_name", "height", "width")),
+            "annotations": ("annotation", ("id", "image_id", "category_id", "bbox")),
+            "categories": ("category", ("id", "name"))}
+
+
 def load_coco(root: Path, split: str) -> COCO:
+    """The split's annotations, checked for the keys we read, so that a malformed file is
+    one error naming it and the entry rather than a KeyError deep in pycocotools."""
     path = annotation_file(root, split)
     if not path.is_file():
         raise DataError(f"{path}: missing COCO annotation file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    for section, (entry_name, keys) in REQUIRED.items():
+        entries = data.get(section) if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            raise DataError(f"{path}: no '{section}' list")
+        for entry in entries:
+            missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
+            if missing:
+                where = entry.get("id", "?") if isinstance(entry, dict) else "?"
+                raise DataError(f"{path}: {entry_name} {where}: missing key(s) {missing}")
+    if not data["images"]:
+        raise DataError(f"{path}: lists no image")
+    coco = COCO()
+    coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(path))
+        coco.createIndex()
+    return coco
 
 
 class RandomSizeCrop(v2.Transform):

@@ -8,14 +8,12 @@ counts, segmentations the outer contour polygons; objects overlap little (IoU <=
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-MARKER = "SYNTHETIC.json"
 SPLITS = ("train", "val")
 #: COCO-style ids (1..90 with gaps are allowed); each id is one shape in one colour (BGR)
 CATEGORIES = [
@@ -103,13 +101,11 @@ def render(rng: np.random.Generator, size: int, count: int, scale: tuple[float, 
 
 
 def generate(root: Path, params: dict) -> str:
-    """Write the synthetic set under `root` (replacing a partial one); returns a summary."""
-    if root.exists():
-        shutil.rmtree(root)
+    """Write the synthetic set into `root`, a missing or empty folder; returns a summary."""
     rng = np.random.default_rng(params["seed"])
     size, low, high = params["image_size"], *params["objects_per_image"]
     categories = [{"id": c["id"], "name": c["name"], "supercategory": "shape"} for c in CATEGORIES]
-    (root / "annotations").mkdir(parents=True)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
     image_id, annotation_id, total = 1, 1, 0
     for split in SPLITS:
         folder = root / f"{split}2017"
@@ -128,6 +124,5 @@ def generate(root: Path, params: dict) -> str:
         (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(
             {"info": {"description": "quantlab synthetic COCO"}, "licenses": [], "images": images,
              "annotations": annotations, "categories": categories}))
-    (root / MARKER).write_text(json.dumps(params))
     return (f"synthetic COCO in {root}: {params['images']['train']} train / {params['images']['val']} val "
             f"images, {total} objects of {len(CATEGORIES)} categories")

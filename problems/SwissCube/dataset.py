@@ -40,6 +40,13 @@ class Sample:
     instances: list[Instance]
 
 
+def _problem(exc: Exception) -> str:
+    """What was wrong with an annotation entry, in words."""
+    if isinstance(exc, KeyError):
+        return f"missing key {exc}"
+    return f"malformed entry ({exc})"
+
+
 class SwissCube:
     """The dataset root: object models, 3D boxes and the split lists."""
 
@@ -68,7 +75,10 @@ class SwissCube:
         if name not in SPLIT_FILES:
             raise DataError(f"unknown split '{name}' (expected one of {', '.join(SPLIT_FILES)})")
         listing = self._require(self.root / SPLIT_FILES[name])
-        return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        paths = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        if not paths:
+            raise DataError(f"{listing}: the {name} split lists no image")
+        return paths
 
     @lru_cache(maxsize=None)
     def _scene(self, seq: str) -> tuple[dict, dict]:
@@ -99,10 +109,16 @@ class SwissCube:
 
     def _annotation(self, seq: str, key: str) -> tuple[np.ndarray, list[Instance]]:
         gt, cams = self._scene(seq)
-        instances = [Instance(int(a["obj_id"]), np.asarray(a["cam_R_m2c"], float).reshape(3, 3),
-                              np.asarray(a["cam_t_m2c"], float).reshape(3), None, n)
-                     for n, a in enumerate(gt[key]) if a["obj_id"] in self.meshes]
-        return np.asarray(cams[key]["cam_K"], float).reshape(3, 3), instances
+        try:
+            instances = [Instance(int(a["obj_id"]), np.asarray(a["cam_R_m2c"], float).reshape(3, 3),
+                                  np.asarray(a["cam_t_m2c"], float).reshape(3), None, n)
+                         for n, a in enumerate(gt[key]) if a["obj_id"] in self.meshes]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{self.root / seq / 'scene_gt.json'}: image {key}: {_problem(exc)}") from None
+        try:
+            return np.asarray(cams[key]["cam_K"], float).reshape(3, 3), instances
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{self.root / seq / 'scene_camera.json'}: image {key}: {_problem(exc)}") from None
 
     def load(self, rel_path: str, index: int) -> Sample:
         """Image (RGB), camera and instances with their visible masks."""

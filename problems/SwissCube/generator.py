@@ -9,7 +9,6 @@ visible masks, and written exactly as the loader expects the real data.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import cv2
@@ -22,7 +21,6 @@ from problems.SwissCube.render import rasterize
 
 DIAMETER = 178.46
 SPLIT_FILES = {"train": "training.txt", "validation": "validation.txt", "test": "testing.txt"}
-MARKER = "SYNTHETIC.json"
 FACE_COLORS = np.array([[220, 60, 50], [50, 170, 70], [60, 90, 220],
                         [230, 200, 40], [200, 70, 200], [60, 200, 210]], dtype=float)
 
@@ -118,16 +116,14 @@ def render_sample(mesh: Mesh, R: np.ndarray, t: np.ndarray, K: np.ndarray, size:
 
 
 def generate(root: Path, params: dict) -> str:
-    """Write the synthetic set into `root` (built in a temporary folder, then renamed)."""
+    """Write the synthetic set into `root`, a missing or empty folder."""
     size = params["image_size"]
     counts = params["images"]
     per_seq = params["images_per_sequence"]
     rng = np.random.default_rng(params["seed"])
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     mesh = cubesat_mesh()
-    write_ply(mesh, tmp / "models" / "obj_000001.ply")
-    (tmp / "swisscube_bbox.json").write_text(json.dumps([box_corners(mesh).tolist()], indent=2))
+    write_ply(mesh, root / "models" / "obj_000001.ply")
+    (root / "swisscube_bbox.json").write_text(json.dumps([box_corners(mesh).tolist()], indent=2))
     K = camera_matrix(size)
     seq = 0
     total = sum(counts.values())
@@ -135,7 +131,7 @@ def generate(root: Path, params: dict) -> str:
     for split, n in counts.items():
         lines = []
         for start in range(0, n, per_seq):
-            folder = tmp / f"seq_{seq:06d}"
+            folder = root / f"seq_{seq:06d}"
             gt, cams = {}, {}
             for im_id in range(min(per_seq, n - start)):
                 R, t = sample_pose(rng, K, size, tuple(params["depth_range"]), params["margin"],
@@ -152,9 +148,6 @@ def generate(root: Path, params: dict) -> str:
             (folder / "scene_gt.json").write_text(json.dumps(gt))
             (folder / "scene_camera.json").write_text(json.dumps(cams))
             seq += 1
-        (tmp / SPLIT_FILES[split]).write_text("\n".join(lines) + "\n")
+        (root / SPLIT_FILES[split]).write_text("\n".join(lines) + "\n")
     bar.close()
-    (tmp / MARKER).write_text(json.dumps(params, indent=2, sort_keys=True))
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
     return f"generated a synthetic SwissCube set ({total} images at {size} px) in {root}"

@@ -20,7 +20,7 @@ def fit_child(task: Task, cfg: dict, world: dist.World, child: Logbook, device: 
     last = child.saves / "last.pt"
     if last.is_file():
         state = checkpoint.load(last)
-        if state["epoch"] >= cfg["training"]["epochs"]:
+        if state["epoch"] >= cfg["training"]["epochs"] and not state.get("eval_due", False):
             return state["metrics"]
     else:
         child.create(cfg)

@@ -5,13 +5,21 @@ world of size 1, so the same code runs on a laptop and on N GPUs across nodes.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterator, TypeVar
 
 import horovod.torch as hvd
 import torch
+
+from quantlab.engine.errors import QuantlabError, shared
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -26,14 +34,76 @@ class World:
         return self.rank == 0
 
 
-def init(threads: int) -> World:
-    """Start Horovod and fix the per-rank thread count (0 = share the node's cores)."""
+class Watchdog:
+    """Ends this rank when one wait for the other ranks lasts longer than `timeout` s.
+
+    A rank that is stopped (SIGSTOP), hung or dead-locked never answers, and the others
+    would wait for it forever: Horovod's own stall check cannot see it, because its
+    coordinator blocks in the same exchange. A rank busy on its own (rank 0 scoring an
+    evaluation) keeps the others waiting too, so the timeout must exceed the longest such
+    stretch. The check runs in a thread, since the main thread is blocked inside Horovod.
+    """
+
+    def __init__(self, rank: int, timeout: float) -> None:
+        self.rank, self.timeout = rank, timeout
+        self._since: float | None = None
+        self._name = ""
+        threading.Thread(target=self._watch, name="quantlab-watchdog", daemon=True).start()
+
+    @contextlib.contextmanager
+    def waiting(self, name: str) -> Iterator[None]:
+        self._since, self._name = time.monotonic(), name
+        try:
+            yield
+        finally:
+            self._since = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(5.0, self.timeout / 4))
+            since = self._since
+            if since is not None and time.monotonic() - since > self.timeout:
+                print(f"error (rank {self.rank}): waited {self.timeout:g} s for the other ranks at "
+                      f"'{self._name}': a rank is stopped, hung or far slower; ending the job "
+                      "(engine.stall_timeout)", file=sys.stderr, flush=True)
+                os._exit(1)  # the main thread is stuck inside Horovod: nothing else can end it
+
+
+_watchdog: Watchdog | None = None
+
+
+def init(threads: int, stall_timeout: float = 0) -> World:
+    """Start Horovod, fix the per-rank thread count (0 = share the node's cores) and, with
+    several ranks and `stall_timeout` > 0, watch every wait for the other ranks."""
+    global _watchdog
     hvd.init()
     world = World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
     if threads <= 0:
         threads = max(1, (os.cpu_count() or 1) // world.local_size)
     torch.set_num_threads(threads)
+    if world.size > 1 and stall_timeout > 0 and _watchdog is None:
+        _watchdog = Watchdog(world.rank, stall_timeout)
     return world
+
+
+def waiting(name: str) -> contextlib.AbstractContextManager:
+    """Mark a wait for the other ranks (a collective), which the watchdog times."""
+    return _watchdog.waiting(name) if _watchdog is not None else contextlib.nullcontext()
+
+
+def on_main(world: World, name: str, run: Callable[[], T]) -> T:
+    """`run()` on rank 0 alone; its result, or the QuantlabError it raised, on every rank
+    (raised there as a shared error, so it is reported once)."""
+    result, error = None, None
+    if world.is_main:
+        try:
+            result = run()
+        except QuantlabError as exc:
+            error = exc
+    outcome, told = broadcast_object((result, error), name)
+    if told is not None:
+        raise error if world.is_main else shared(told)
+    return result if world.is_main else outcome
 
 
 def device_for(world: World, choice: str) -> torch.device:
@@ -45,15 +115,13 @@ def device_for(world: World, choice: str) -> torch.device:
 
 def broadcast_object(obj: Any, name: str) -> Any:
     """Rank 0's `obj` on every rank."""
-    return hvd.broadcast_object(obj, root_rank=0, name=name)
+    with waiting(name):
+        return hvd.broadcast_object(obj, root_rank=0, name=name)
 
 
 def allgather_object(obj: Any, name: str) -> list[Any]:
-    return hvd.allgather_object(obj, name=name)
-
-
-def barrier() -> None:
-    hvd.barrier()
+    with waiting(name):
+        return hvd.allgather_object(obj, name=name)
 
 
 def broadcast_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -66,7 +134,8 @@ def broadcast_training_state(model: torch.nn.Module, optimizer: torch.optim.Opti
     zero-gradient step to fill an empty state, and that step applies weight decay to the
     weights, so a tested checkpoint would not be the one on disk.
     """
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    with waiting("state.parameters"):
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     optimizer.load_state_dict(broadcast_object(_on_cpu(optimizer.state_dict()), name="state.optimizer"))
     for name, obj in stateful.items():
         state = broadcast_object(obj.state_dict(), name=f"state.{name}")
@@ -91,9 +160,10 @@ def average_buffers(model: torch.nn.Module) -> None:
     Gradients are averaged every step, but running statistics are local; averaging them
     before a checkpoint makes the saved model the same on every rank.
     """
-    for name, buf in model.named_buffers():
-        if buf.is_floating_point():
-            buf.copy_(hvd.allreduce(buf.detach(), op=hvd.Average, name=f"buffer.{name}"))
+    with waiting("buffers"):
+        for name, buf in model.named_buffers():
+            if buf.is_floating_point():
+                buf.copy_(hvd.allreduce(buf.detach(), op=hvd.Average, name=f"buffer.{name}"))
 
 
 def distributed_optimizer(optimizer: torch.optim.Optimizer,
@@ -108,14 +178,16 @@ def allreduce_mean(values: dict[str, float], name: str) -> dict[str, float]:
         return {}
     keys = sorted(values)
     tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    reduced = hvd.allreduce(tensor, op=hvd.Average, name=name)
+    with waiting(name):
+        reduced = hvd.allreduce(tensor, op=hvd.Average, name=name)
     return dict(zip(keys, reduced.tolist()))
 
 
 def allreduce_statistic(value: torch.Tensor, reduction: str, name: str) -> torch.Tensor:
     """Combine a calibration statistic over ranks: "max" or "mean"."""
     ops = {"max": hvd.Max, "mean": hvd.Average}
-    return hvd.allreduce(value.detach(), op=ops[reduction], name=name)
+    with waiting(name):
+        return hvd.allreduce(value.detach(), op=ops[reduction], name=name)
 
 
 def shard_batches(count: int, batch_size: int, world: World) -> list[list[int]]:

@@ -14,11 +14,12 @@ from torch.utils.data.distributed import DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from quantlab.engine import checkpoint, distributed as dist
-from quantlab.engine.errors import CheckpointError, TrainingError
+from quantlab.engine import checkpoint, distributed as dist, preflight
+from quantlab.engine.errors import CheckpointError, QuantlabError, TrainingError, shared
+from quantlab.engine.health import diverged
 from quantlab.engine.logbook import Logbook
 from quantlab.engine.meters import MeanMeter
-from quantlab.engine.optim import build_optimizer, build_schedule
+from quantlab.engine.optim import build_optimizer, build_schedule, lr_scale, rescale_lr
 from quantlab.engine.task import Task, to_device
 from quantlab.metrics.cost import cost_report
 from quantlab.metrics.size import size_report
@@ -63,6 +64,8 @@ class Trainer:
         self.stateful: dict[str, Any] = {"schedule": self.schedule, **controllers}
         self.epoch = 0
         self.best: float | None = None
+        self.eval_due = False  # the last saved epoch awaits its evaluation
+        self._probe: dict | None = None
         self.tb = SummaryWriter(str(logbook.stats)) if world.is_main else None
 
     def quant_report(self) -> dict | None:
@@ -79,6 +82,8 @@ class Trainer:
             "format": FORMAT,
             "epoch": self.epoch,
             "best": self.best,
+            "eval_due": self.eval_due,
+            "world_size": self.world.size,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "stateful": {k: v.state_dict() for k, v in self.stateful.items()},
@@ -89,22 +94,45 @@ class Trainer:
         if state.get("format") != FORMAT:
             raise CheckpointError(f"{source}: not a quantlab training checkpoint (format {state.get('format')!r})")
         checkpoint.load_matching(self.model, state["model"], source)
-        self.optimizer.load_state_dict(state["optimizer"])
+        optimizer, stateful = state["optimizer"], state["stateful"]
+        saved = state.get("world_size") or len(state.get("rank_digests") or []) or self.world.size
+        if saved != self.world.size:
+            optimizer, stateful = self._rescaled(optimizer, stateful, saved, source)
+        self.optimizer.load_state_dict(optimizer)
         for name, obj in self.stateful.items():
-            if name not in state["stateful"]:
+            if name not in stateful:
                 raise CheckpointError(f"{source}: checkpoint has no state for '{name}'")
-            obj.load_state_dict(state["stateful"][name])
+            obj.load_state_dict(stateful[name])
         self.epoch, self.best = state["epoch"], state["best"]
+        self.eval_due = state.get("eval_due", False)
+
+    def _rescaled(self, optimizer: dict, stateful: dict, saved: int, source: str) -> tuple[dict, dict]:
+        """Optimizer and schedule states of a `saved`-rank run for this world size: every lr
+        times the change of `engine.lr_scaling`'s factor (x ranks under `linear`)."""
+        scaling, batch = self.cfg["engine"]["lr_scaling"], self.train_cfg["batch_size"]
+        ratio = lr_scale(scaling, self.world.size) / lr_scale(scaling, saved)
+        self._say(f"{source}: saved by a {saved}-rank run, resumed on {self.world.size}: the global batch is "
+                  f"{batch * self.world.size} instead of {batch * saved}, "
+                  + (f"so the lr is rescaled x{ratio:g} (engine.lr_scaling {scaling}); " if ratio != 1 else
+                     f"the lr is kept (engine.lr_scaling {scaling}); ")
+                  + f"the run will not repeat an uninterrupted {saved}-rank run")
+        if ratio == 1:
+            return optimizer, stateful
+        return rescale_lr(optimizer, ratio), {**stateful, "schedule": rescale_lr(stateful["schedule"], ratio)}
 
     def sync(self) -> None:
         """Rank 0's full training state on every rank (start and after resume)."""
         dist.broadcast_training_state(self.model, self.optimizer, self.stateful)
-        self.epoch, self.best = dist.broadcast_object((self.epoch, self.best), "trainer.meta")
+        self.epoch, self.best, self.eval_due = dist.broadcast_object((self.epoch, self.best, self.eval_due),
+                                                                     "trainer.meta")
 
     def resume(self) -> None:
-        if self.world.is_main:
+        """Restore `last.pt` on rank 0 (the others receive it at `sync`); a failure is
+        reported by rank 0 and ends every rank."""
+        def restore() -> None:
             path = self.logbook.resolve("last")
             self.restore(checkpoint.load(path), str(path))
+        dist.on_main(self.world, "trainer.resume", restore)
 
     # training ------------------------------------------------------------------------------
     def train_loader(self) -> tuple[Any, DistributedSampler, DataLoader]:
@@ -132,9 +160,12 @@ class Trainer:
 
     def fit(self) -> dict[str, float] | None:
         self.sync()
+        preflight.training_split(self.task, self.train_cfg["batch_size"], self.world)
         self.calibrate()
         data, sampler, loader = self.train_loader()
         metrics = None
+        if self.eval_due:  # resumed after a run that saved its last epoch but did not evaluate it
+            metrics = self._evaluate(self.epoch - 1, self._snapshot(self.epoch - 1))
         for epoch in range(self.epoch, self.train_cfg["epochs"]):
             sampler.set_epoch(epoch)
             data.set_epoch(epoch)
@@ -145,8 +176,10 @@ class Trainer:
             seconds = time.perf_counter() - start
             dist.average_buffers(self.model)
             self.epoch = epoch + 1
-            metrics = self._maybe_evaluate(epoch)
-            self._checkpoint(epoch, metrics)
+            self.eval_due = self._evaluates(epoch)
+            state = self._snapshot(epoch)
+            self._save(epoch, state, is_best=False)  # before evaluating: a failed evaluation loses no epoch
+            metrics = self._evaluate(epoch, state) if self.eval_due else None
             self._log(epoch, terms, metrics, seconds, len(loader) * self.train_cfg["batch_size"] * self.world.size)
         return metrics
 
@@ -170,12 +203,11 @@ class Trainer:
                 raise TrainingError(f"non-finite loss at epoch {epoch + 1}, batch {step}: {values}")
             self.optimizer.zero_grad()
             loss.backward()
-            if clip > 0:
+            with dist.waiting(f"gradients, epoch {epoch + 1} batch {step}"):
                 self.optimizer.synchronize()
+            if clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-                with self.optimizer.skip_synchronize():
-                    self.optimizer.step()
-            else:
+            with self.optimizer.skip_synchronize():
                 self.optimizer.step()
             for controller in self.controllers.values():
                 controller.after_step(self.optimizer)
@@ -185,28 +217,38 @@ class Trainer:
         self.schedule.step()
         return dist.allreduce_mean(meter.means(), name=f"train.terms.{epoch}")
 
-    def _maybe_evaluate(self, epoch: int) -> dict[str, float] | None:
+    def _evaluates(self, epoch: int) -> bool:
         every = self.cfg["engine"]["eval_every"]
-        last = epoch + 1 == self.train_cfg["epochs"]
-        if not (last or (every > 0 and (epoch + 1) % every == 0)):
-            return None
-        return self.evaluate(self.cfg["engine"]["eval_split"], f"epoch_{epoch + 1:04d}", quiet=not last)
+        return epoch + 1 == self.train_cfg["epochs"] or (every > 0 and (epoch + 1) % every == 0)
 
-    def _checkpoint(self, epoch: int, metrics: dict[str, float] | None) -> None:
+    def _snapshot(self, epoch: int) -> dict[str, Any]:
+        """The state to save after `epoch`, once the ranks agree and the model is sound."""
         digests = dist.allgather_object(dist.state_digest(self.model), name=f"digest.{epoch}")
         if len(set(digests)) != 1:
-            raise TrainingError(f"ranks diverged after epoch {epoch + 1}: model digests {digests}")
-        is_best = False
-        if metrics is not None:
-            value = metrics[self.task.best_metric]
-            if self.best is None or value > self.best:
-                self.best, is_best = value, True
-        state = self.state()
-        state["metrics"] = metrics
-        state["rank_digests"] = digests
+            raise shared(TrainingError(f"ranks diverged after epoch {epoch + 1}: model digests {digests}"))
+        if self._probe is None:
+            self._probe = to_device(self.task.example_batch(), self.device)
+        why = diverged(self.model, lambda m: self.task.forward(m, self._probe))
+        if why is not None:
+            raise shared(TrainingError(f"the model diverged in epoch {epoch + 1}: {why}; it is not saved and the "
+                                       "last checkpoint stays (lower training.lr or set training.grad_clip)"))
+        return {**self.state(), "metrics": None, "rank_digests": digests}
+
+    def _save(self, epoch: int, state: dict[str, Any], is_best: bool) -> None:
         every = self.cfg["engine"]["save_every"]
-        self.logbook.save(state, epoch + 1, keep_numbered=every > 0 and (epoch + 1) % every == 0,
-                          is_best=is_best)
+        self.logbook.save(state, epoch + 1, keep_numbered=every > 0 and (epoch + 1) % every == 0, is_best=is_best)
+
+    def _evaluate(self, epoch: int, state: dict[str, Any]) -> dict[str, float]:
+        """Evaluate the saved epoch, then save it again with its metrics (and as best)."""
+        last = epoch + 1 == self.train_cfg["epochs"]
+        metrics = self.evaluate(self.cfg["engine"]["eval_split"], f"epoch_{epoch + 1:04d}", quiet=not last)
+        value = metrics[self.task.best_metric]
+        is_best = self.best is None or value > self.best
+        if is_best:
+            self.best = value
+        self.eval_due = False
+        self._save(epoch, {**state, "best": self.best, "eval_due": False, "metrics": metrics}, is_best)
+        return metrics
 
     def _log(self, epoch: int, terms: dict[str, float], metrics: dict | None, seconds: float,
              images: int) -> None:
@@ -262,6 +304,13 @@ class Trainer:
         return str(path)
 
     def _load_weights(self, path: Path) -> None:
+        """Every rank reads the same file, so a failure is the same error on each."""
+        try:
+            self._read_weights(path)
+        except QuantlabError as exc:
+            raise shared(exc)
+
+    def _read_weights(self, path: Path) -> None:
         state = checkpoint.load(path)
         if state.get("format") == FORMAT:
             self.quant_layers += rebuild(self.model, state.get("quant_layers", []))

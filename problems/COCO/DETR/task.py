@@ -12,7 +12,7 @@ from problems.COCO.DETR.loss import SetCriterion
 from problems.COCO.DETR.network import DETR
 from problems.COCO.DETR.postprocess import detections
 from problems.COCO.DETR.quantize import GROUPS
-from problems.COCO.generator import MARKER, generate
+from problems.COCO.generator import generate
 from quantlab.engine.checkpoint import load_matching
 from quantlab.engine.errors import ConfigError
 from quantlab.sensitivity.critical import fold_labels, fold_logits
@@ -52,7 +52,7 @@ class DETRTask(Task):
         self._critical: SetCriterion | None = None
 
     def prepare_data(self) -> str | None:
-        return self.prepare_synthetic(self.root, annotation_file(self.root, "train"), self.root / MARKER, "COCO",
+        return self.prepare_synthetic(self.root, annotation_file(self.root, "train"), "COCO",
                                       generate)
 
     def coco(self, split: str):

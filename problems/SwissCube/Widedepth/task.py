@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from problems.SwissCube import evaluation
 from problems.SwissCube.dataset import SwissCube
-from problems.SwissCube.generator import MARKER, SPLIT_FILES, generate
+from problems.SwissCube.generator import SPLIT_FILES, generate
 from problems.SwissCube.Widedepth.loss import WDRLoss
 from problems.SwissCube.Widedepth.network import PUBLIC_IGNORED_PREFIXES, Widedepth, unwrap_public_state
 from problems.SwissCube.Widedepth.postprocess import poses_from_outputs
@@ -84,7 +84,7 @@ class WidedepthTask(Task):
         return self._data
 
     def prepare_data(self) -> str | None:
-        return self.prepare_synthetic(self.root, self.root / SPLIT_FILES["train"], self.root / MARKER, "SwissCube",
+        return self.prepare_synthetic(self.root, self.root / SPLIT_FILES["train"], "SwissCube",
                                       generate)
 
     def dataset(self, split: str, train: bool) -> WidedepthDataset:
