@@ -127,7 +127,7 @@ def generate(root: Path, params: dict) -> str:
     K = camera_matrix(size)
     seq = 0
     total = sum(counts.values())
-    bar = tqdm(total=total, desc=f"generating synthetic SwissCube in {root}", leave=False)
+    bar = tqdm(total=total, desc="synthetic SwissCube", leave=False)
     for split, n in counts.items():
         lines = []
         for start in range(0, n, per_seq):
