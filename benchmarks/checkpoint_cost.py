@@ -27,9 +27,11 @@ sys.path.insert(0, str(REPO))
 
 from quantlab.engine import distributed as dist  # noqa: E402
 from quantlab.engine.config import build_config  # noqa: E402
+from quantlab.engine.context import RunContext  # noqa: E402
 from quantlab.engine.logbook import Logbook  # noqa: E402
 from quantlab.engine.task import to_device  # noqa: E402
 from quantlab.engine.trainer import Trainer  # noqa: E402
+from quantlab.modes import config_files  # noqa: E402
 
 TOPOLOGIES = {  # synthetic sets small enough to generate in seconds, at the mini image size
     "SwissCube/Widedepth": ["data.synthetic.params.images={train: 16, validation: 2, test: 2}",
@@ -49,7 +51,7 @@ def timed(run, rounds: int) -> float:
 
 def measure(topology: str, sets: list[str], root: Path, rounds: int) -> str:
     problem, name = topology.split("/")
-    files = (REPO / "cfg" / "defaults.yaml", REPO / "problems" / problem / name / "config.yaml", "mini")
+    files = (config_files(), REPO / "problems" / problem / name / "config.yaml", "mini")
     cfg = build_config(*files, [f"data.root=bench_{name}", *sets])
     mini_images = build_config(*files, [])["data"]["synthetic"]["params"]["images"]["train"]
     steps = mini_images // (2 * cfg["training"]["batch_size"])
@@ -57,7 +59,7 @@ def measure(topology: str, sets: list[str], root: Path, rounds: int) -> str:
     task.prepare_data()
     logbook = Logbook(root / "logs", problem, name, 0, writer=True)
     logbook.create(cfg)
-    trainer = Trainer(task, cfg, dist.World(0, 1, 0, 1), logbook, torch.device("cpu"))
+    trainer = Trainer(RunContext(task, cfg, dist.World(0, 1, 0, 1), logbook, torch.device("cpu")))
     data = task.dataset("train", train=True)
     batch = to_device(task.collate([data[i] for i in range(cfg["training"]["batch_size"])]), torch.device("cpu"))
 

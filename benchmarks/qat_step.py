@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from problems.SwissCube.Widedepth import build_task  # noqa: E402
-from problems.SwissCube.Widedepth.quantize import FIRST_LAST  # noqa: E402
 from quantlab.engine.config import build_config  # noqa: E402
+from quantlab.modes import config_files  # noqa: E402
 from quantlab.engine.task import to_device  # noqa: E402
 from quantlab.quant.calibration import calibrate  # noqa: E402
 from quantlab.quant.controllers import INQController  # noqa: E402
@@ -48,7 +48,7 @@ def make_variant(task, name: str, batch: dict, device: torch.device):
     model = task.build_network()
     controller = None
     if RECIPES[name]:
-        apply_recipe(model, RECIPES[name], task.groups, FIRST_LAST)
+        apply_recipe(model, RECIPES[name], task.patterns, ["first_last"])
     model.to(device).train()
     if name == "lsq":
         calibrate(model, [batch], task.forward)
@@ -81,8 +81,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sets = ["data.root=bench", "data.synthetic.params.images={train: 16, validation: 4, test: 4}",
                 "data.synthetic.params.images_per_sequence=8", *args.overrides]
-        cfg = build_config(REPO / "cfg" / "defaults.yaml",
-                           REPO / "problems" / "SwissCube" / "Widedepth" / "config.yaml", "mini", sets)
+        cfg = build_config(config_files(), REPO / "problems" / "SwissCube" / "Widedepth" / "config.yaml", "mini",
+                           sets)
         task = build_task(cfg, Path(tmp))
         task.prepare_data()
         data = task.dataset("train", train=True)

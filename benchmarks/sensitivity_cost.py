@@ -28,11 +28,13 @@ sys.path.insert(0, str(REPO))
 from problems.COCO.DETR import build_task  # noqa: E402
 from problems.COCO.DETR.network import DETR  # noqa: E402
 from quantlab.engine.config import build_config  # noqa: E402
-from quantlab.sensitivity.distillation import distillation_loss  # noqa: E402
-from quantlab.sensitivity.fisher import fisher_penalty, fisher_traces, trainable_weights  # noqa: E402
+from quantlab.modes import config_files  # noqa: E402
+from quantlab.quant.editing import quantizable_weights  # noqa: E402
+from quantlab.quant.regularizers import FisherTrace  # noqa: E402
+from quantlab.sensitivity.fisher import fisher_traces  # noqa: E402
 from quantlab.sensitivity.hessian import hutchinson_traces  # noqa: E402
 from quantlab.sensitivity.ilp import average_bits  # noqa: E402
-from quantlab.sensitivity.ptq import _flat, layer_tensors  # noqa: E402
+from quantlab.sensitivity.omega import flat  # noqa: E402
 
 
 def median_seconds(work, repeats: int) -> float:
@@ -52,14 +54,14 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = build_config(REPO / "cfg" / "defaults.yaml", REPO / "problems" / "COCO" / "DETR" / "config.yaml", "mini",
+    cfg = build_config(config_files(), REPO / "problems" / "COCO" / "DETR" / "config.yaml", "mini",
                        ["data.root=COCO-bench", "data.synthetic.params.images={train: 4, val: 2}"])
     with tempfile.TemporaryDirectory() as tmp:
         task = build_task(cfg, Path(tmp))
         task.prepare_data()
         batch = task.collate([task.dataset("train", train=False)[0]])
         model = task.build_network()
-        tensors = _flat(layer_tensors(model, cfg, task.groups))
+        tensors = flat(quantizable_weights(model, cfg["quantize"]["exclude"], task.patterns))
         for t in tensors.values():
             t.requires_grad_(True)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -67,25 +69,26 @@ def main() -> None:
         def loss():
             return sum(task.loss(task.forward(model, batch), batch).values())
 
-        def step(regularizer: float = 0.0):
+        regularizer = FisherTrace(1e-3, task.critical_loss)
+
+        def step(regularized: bool = False):
             optimizer.zero_grad()
             outputs = task.forward(model, batch)
             total = sum(task.loss(outputs, batch).values())
-            if regularizer > 0:
-                critical = sum(task.critical_loss(outputs, batch).values())
-                total = total + regularizer * fisher_penalty(trainable_weights(model), critical)
+            if regularized:
+                total = total + regularizer(model, outputs, batch)
             total.backward()
             optimizer.step()
         model.train()
         costs = {"training step": median_seconds(step, args.repeats),
-                 "training step + Fisher-trace regularizer": median_seconds(lambda: step(1e-3), args.repeats)}
+                 "training step + Fisher-trace regularizer": median_seconds(lambda: step(True), args.repeats)}
         model.eval()
         with torch.no_grad():
             teacher = task.forward(model, batch)
         costs |= {
             "Hutchinson sample, loss": median_seconds(lambda: hutchinson_traces(tensors, [loss], 1), args.repeats),
             "Hutchinson sample, distillation": median_seconds(
-                lambda: hutchinson_traces(tensors, [lambda: distillation_loss(task.forward(model, batch), teacher)], 1),
+                lambda: hutchinson_traces(tensors, [lambda: task.distillation_loss(task.forward(model, batch), teacher)], 1),
                 args.repeats),
             "Fisher sample": median_seconds(lambda: fisher_traces(tensors, [loss]), args.repeats),
         }
@@ -95,7 +98,7 @@ def main() -> None:
     for name, seconds in costs.items():
         print(f"  {name:<42} {seconds * 1000:8.1f} ms/image   {seconds / base:5.2f} x training step")
 
-    layers = layer_tensors(DETR(), {"quantize": {"exclude": cfg["quantize"]["exclude"]}}, task.groups)
+    layers = quantizable_weights(DETR(), cfg["quantize"]["exclude"], task.patterns)
     counts = {name: sum(t.numel() for t in ts) for name, ts in layers.items()}
     generator = torch.Generator().manual_seed(0)
     print(f"ILP on DETR-R50: {len(counts)} layers, {sum(counts.values()) / 1e6:.1f}M weights")

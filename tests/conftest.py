@@ -16,6 +16,13 @@ TINY = {"image_size": 64, "images": {"train": 16, "validation": 4, "test": 12},
         "images_per_sequence": 8, "depth_range": [150.0, 600.0], "margin": 0.2, "max_rotation": 180.0, "seed": 5}
 
 
+def config(topology: str, profile: str = "mini", sets: list[str] | tuple = ()) -> dict:
+    """The resolved configuration of `Problem/Topology` with the mode sections, as main.py builds it."""
+    from quantlab.engine.config import build_config
+    from quantlab.modes import config_files
+    return build_config(config_files(), REPO / "problems" / topology / "config.yaml", profile, list(sets))
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
     from problems.SwissCube.generator import generate

@@ -1,13 +1,13 @@
 """Atomic checkpoints, weights-only loading, and the public WDR key layouts."""
+import numpy as np
 import pytest
 import torch
 
 from problems.SwissCube.Widedepth.network import Widedepth
 from problems.SwissCube.Widedepth.task import WidedepthTask
 from quantlab.engine import checkpoint
-from quantlab.engine.config import build_config
-from quantlab.engine.errors import CheckpointError
-from tests.conftest import REPO
+from quantlab.errors import CheckpointError
+from tests.conftest import REPO, config
 
 
 def small() -> Widedepth:
@@ -50,19 +50,39 @@ def test_mismatch_names_missing_unexpected_and_shapes():
     assert "head.cls_logits.bias (5,) vs (1,)" in msg
 
 
+def official_cell_anchors(strides, sizes):
+    """The official WDR anchor generator (model.py: _generate_anchors, _whctrs, _mkanchors)
+    for one aspect ratio and one scale per level, written out independently."""
+    out = []
+    for stride, size in zip(strides, sizes):
+        x1, y1, x2, y2 = np.array([1, 1, stride, stride], dtype=float) - 0.5
+        w, x_ctr = x2 - x1 + 1, x1 + 0.5 * (x2 - x1)
+        ws = w * size / stride
+        out.append(torch.tensor([[x_ctr - 0.5 * (ws - 1), x_ctr - 0.5 * (ws - 1),
+                                  x_ctr + 0.5 * (ws - 1), x_ctr + 0.5 * (ws - 1)]], dtype=torch.float32))
+    return out
+
+
 @pytest.mark.parametrize("wrapped", [False, True])
 def test_public_wdr_layout_loads_and_reports_dropped_keys(wrapped):
-    cfg = build_config(REPO / "cfg/defaults.yaml", REPO / "problems/SwissCube/Widedepth/config.yaml", "mini", [])
+    cfg = config("SwissCube/Widedepth")
     task = WidedepthTask(cfg, REPO / "data")
     source = task.build_network()
     public = dict(source.state_dict())
     public["backbone.output.weight"] = torch.zeros(10, 128)   # DarkNet's ImageNet classifier
-    public["anchor_generator.cell_anchors.0"] = torch.zeros(1, 4)
+    anchors = official_cell_anchors(cfg["network"]["strides"], cfg["network"]["anchor_sizes"])
+    public.update({f"anchor_generator.cell_anchors.{i}": a for i, a in enumerate(anchors)})
     target = task.build_network()
     dropped = task.load_weights(target, {"model": public} if wrapped else public, "wdr.pth")
-    assert sorted(dropped) == ["anchor_generator.cell_anchors.0", "backbone.output.weight"]
+    assert dropped == {"re-derived from network.strides and network.anchor_sizes":
+                       [f"anchor_generator.cell_anchors.{i}" for i in range(5)],
+                       "unused (DarkNet's ImageNet classifier)": ["backbone.output.weight"]}
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
+    # anchors that another configuration derives are a mismatch, named
+    public["anchor_generator.cell_anchors.2"] = anchors[2] * 2
+    with pytest.raises(CheckpointError, match=r"cell_anchors.2 is .* the config derives"):
+        task.load_weights(task.build_network(), public, "wdr.pth")
 
 
 def test_full_size_wdr_key_names_match_the_public_layout():

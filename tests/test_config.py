@@ -4,15 +4,15 @@ from pathlib import Path
 import pytest
 
 from quantlab.engine.config import build_config, merge_checked, parse_override
-from quantlab.engine.errors import ConfigError
+from quantlab.errors import ConfigError
+from quantlab.modes import config_files
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULTS = REPO / "cfg" / "defaults.yaml"
 WDR = REPO / "problems" / "SwissCube" / "Widedepth" / "config.yaml"
 
 
 def test_profile_and_overrides_apply_in_order():
-    cfg = build_config(DEFAULTS, WDR, "mini", ["training.epochs=3", "training.lr=0.5", "seed=7"])
+    cfg = build_config(config_files(), WDR, "mini", ["training.epochs=3", "training.lr=0.5", "seed=7"])
     assert cfg["training"]["epochs"] == 3 and cfg["training"]["lr"] == 0.5 and cfg["seed"] == 7
     assert cfg["input"]["size"] == 128  # from the mini profile
     assert cfg["training"]["momentum"] == 0.9  # from the defaults
@@ -21,25 +21,25 @@ def test_profile_and_overrides_apply_in_order():
 
 def test_unknown_key_names_the_key_and_its_siblings():
     with pytest.raises(ConfigError) as err:
-        build_config(DEFAULTS, WDR, "mini", ["training.epoch=3"])
+        build_config(config_files(), WDR, "mini", ["training.epoch=3"])
     msg = str(err.value)
     assert "training.epoch" in msg and "epochs" in msg and "\n" not in msg
 
 
 def test_wrong_type_is_an_error():
     with pytest.raises(ConfigError, match="training.epochs.*expects int"):
-        build_config(DEFAULTS, WDR, "mini", ["training.epochs=many"])
+        build_config(config_files(), WDR, "mini", ["training.epochs=many"])
     with pytest.raises(ConfigError, match="expects int"):
-        build_config(DEFAULTS, WDR, "mini", ["training.epochs=2.5"])
+        build_config(config_files(), WDR, "mini", ["training.epochs=2.5"])
 
 
 def test_int_is_accepted_for_float():
-    assert build_config(DEFAULTS, WDR, "mini", ["training.lr=1"])["training"]["lr"] == 1
+    assert build_config(config_files(), WDR, "mini", ["training.lr=1"])["training"]["lr"] == 1
 
 
 def test_unknown_profile():
     with pytest.raises(ConfigError, match="unknown profile 'huge'.*mini"):
-        build_config(DEFAULTS, WDR, "huge", [])
+        build_config(config_files(), WDR, "huge", [])
 
 
 def test_parse_override_nests_and_types():
@@ -53,7 +53,7 @@ def test_typo_in_a_file_names_the_file(tmp_path):
     topo = tmp_path / "config.yaml"
     topo.write_text("defaults: {training: {epochs: 1}}\nprofiles: {mini: {training: {epohcs: 2}}}\n")
     with pytest.raises(ConfigError, match=r"config.yaml profile 'mini'.*training.epohcs"):
-        build_config(DEFAULTS, topo, "mini", [])
+        build_config(config_files(), topo, "mini", [])
 
 
 def test_merge_keeps_base_untouched():
@@ -76,7 +76,7 @@ TOPOLOGIES = sorted((REPO / "problems").glob("*/*/config.yaml"))
 def test_every_profile_builds_and_every_schema_key_exists(topology):
     import yaml
     for profile in yaml.safe_load(topology.read_text())["profiles"]:
-        build_config(DEFAULTS, topology, profile, [])  # a schema key the config lacks is an error
+        build_config(config_files(), topology, profile, [])  # a schema key the config lacks is an error
 
 
 @pytest.mark.parametrize("override, message", [
@@ -87,19 +87,24 @@ def test_every_profile_builds_and_every_schema_key_exists(topology):
     ("mqat.grid=[2, 9]", "'mqat.grid' must be at most 8, got 9"),  # list items one by one
     ("quantize.child_training={schedule: {type: steps}}",
      "'quantize.child_training.schedule.type': 'steps' is not one of"),
+    ("quantize.child_training={lrr: 0.5}", "unknown config key 'quantize.child_training.lrr'"),
+    ("network.norm=group", "'network.norm': 'group' is not one of ['frozen', 'batch']"),
+    ("network.backbone=resnet18", "'network.backbone': 'resnet18' is not one of"),
 ])
 def test_values_outside_the_schema_name_the_key(override, message):
     with pytest.raises(ConfigError) as err:
-        build_config(DEFAULTS, REPO / "problems" / "COCO" / "DETR" / "config.yaml", "paper", [override])
+        build_config(config_files(), REPO / "problems" / "COCO" / "DETR" / "config.yaml", "paper", [override])
     assert message in str(err.value)
 
 
 def test_schema_choices_are_what_the_code_accepts():
     import yaml
     from quantlab.engine.optim import LR_SCALINGS, OPTIMIZERS, SCHEDULES
-    from quantlab.sensitivity.fisher_qat import SCHEMES as FISHER
-    from quantlab.sensitivity.ptq import SCHEMES as PTQ
-    schema = yaml.safe_load((REPO / "cfg" / "schema.yaml").read_text())
+    from quantlab.modes.fisher import SCHEMES as FISHER
+    from quantlab.modes.ptq import SCHEMES as PTQ
+    schema = {}
+    for path in config_files():
+        schema.update(yaml.safe_load(path.read_text()).get("schema", {}))
     assert tuple(schema["training.optimizer"]["choices"]) == OPTIMIZERS
     assert tuple(schema["training.schedule.type"]["choices"]) == SCHEDULES
     assert tuple(schema["engine.lr_scaling"]["choices"]) == LR_SCALINGS
@@ -118,9 +123,11 @@ def test_exponents_are_numbers_at_any_depth():
 
 def test_a_resumed_config_gets_keys_added_since_and_is_checked(tmp_path):
     from quantlab.engine.config import resume_config
-    saved = build_config(DEFAULTS, WDR, "mini", [])
+    saved = build_config(config_files(), WDR, "mini", [])
     del saved["engine"]["stall_timeout"]  # an experiment from before the key existed
-    cfg = resume_config(DEFAULTS, WDR, saved, tmp_path / "config.yaml", ["training.epochs=7"])
+    saved["ptq"]["temperature"] = 6.0  # a key that has moved away since
+    cfg, dropped = resume_config(config_files(), WDR, saved, tmp_path / "config.yaml", ["training.epochs=7"])
     assert cfg["engine"]["stall_timeout"] == 600 and cfg["training"]["epochs"] == 7 and cfg["profile"] == "mini"
+    assert dropped == ["ptq.temperature"] and "temperature" not in cfg["ptq"]
     with pytest.raises(ConfigError, match="'training.epochs' must be at least 1"):
-        resume_config(DEFAULTS, WDR, saved, tmp_path / "config.yaml", ["training.epochs=0"])
+        resume_config(config_files(), WDR, saved, tmp_path / "config.yaml", ["training.epochs=0"])

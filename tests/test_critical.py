@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from quantlab.sensitivity.critical import fold_labels, fold_logits
+from problems.COCO.DETR.critical import fold_labels, fold_logits
 
 
 def test_fold_keeps_critical_logits_and_sums_the_rest_into_other():

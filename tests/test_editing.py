@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from quantlab.engine.errors import ConfigError
+from quantlab.errors import ConfigError
 from quantlab.quant.editing import Rule, apply_recipe
 from quantlab.quant.layers import INQWeight, LSQWeight, QuantConv2d, QuantLinear, SymmetricWeight
 
@@ -60,14 +60,15 @@ def test_widedepth_groups_partition_its_layers_and_quantize_cleanly():
     import re
 
     from problems.SwissCube.Widedepth.network import Widedepth
-    from problems.SwissCube.Widedepth.quantize import FIRST_LAST, GROUPS
+    from problems.SwissCube.Widedepth.quantize import GROUPS, SETS
     from quantlab.quant.editing import quantizable
     model = Widedepth(width=0.125, depth=0.25, fpn_channels=32, head_convs=2, gn_groups=8)
     names = list(quantizable(model))
     owners = {n: [g for g, p in GROUPS.items() if re.fullmatch(p, n)] for n in names}
     assert all(len(o) == 1 for o in owners.values()), owners
+    # the named set `first_last` (two regexes) works as an exclusion by name
     report = apply_recipe(model, [Rule("fpn", "inq", 2), Rule("backbone", "lsq", 8), Rule("head", "lsq", 8)],
-                          GROUPS, exclude=FIRST_LAST)
+                          {**GROUPS, **SETS}, exclude=["first_last"])
     quantized = {r["layer"] for r in report}
     assert "backbone.features.init_block.conv" not in quantized and "head.pose_pred" not in quantized
     assert len(quantized) == len(names) - 3

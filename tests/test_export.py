@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from quantlab.engine.checkpoint import load
-from quantlab.engine.errors import CheckpointError
+from quantlab.errors import CheckpointError
 from quantlab.metrics.size import size_report
 from quantlab.quant.controllers import INQController
 from quantlab.quant.editing import Rule, apply_recipe
@@ -15,12 +15,20 @@ from quantlab.quant.export import dequantize, export_integer, load_integer, pack
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_pack_unpack_round_trip_every_bit_width(bits):
     torch.manual_seed(bits)
-    low = -1 if bits == 1 else -(2 ** (bits - 1))
-    codes = torch.randint(low, low + 2 ** bits, (37,)) if bits > 1 else torch.randint(0, 2, (37,)) * 2 - 1
-    packed = pack(codes, bits, low)
+    index = torch.randint(0, 2 ** bits, (37,))
+    packed = pack(index, bits)
     assert packed.dtype == torch.uint8 and packed.numel() == -(-37 * bits // 8)
-    back = unpack(packed, bits, low, 37)
-    assert torch.equal(back * 2 + 1 if bits == 1 else back, codes)
+    assert torch.equal(unpack(packed, bits, 37), index)
+
+
+def test_the_sign_code_is_a_grid_of_two_codes_without_zero():
+    from quantlab.quant.layers import SymmetricWeight
+    w = torch.tensor([[0.5, -0.25], [0.0, -1.0]])
+    grid = SymmetricWeight(1).grid(w)
+    values = SymmetricWeight(1)(w)  # sign(W) x mean|W|, 0 counts as +
+    assert (grid.low, grid.high, grid.step, grid.levels) == (-1, 1, 2, 2) and float(grid.scale) == 0.4375
+    assert grid.codes(values).tolist() == [[1, -1], [1, -1]] and grid.index(values).tolist() == [[1, 0], [1, 0]]
+    assert torch.equal(grid.codes(values) * grid.scale, values)
 
 
 class Net(nn.Module):
@@ -67,8 +75,8 @@ def test_integer_file_round_trip_gives_the_same_outputs(tmp_path):
         assert entry["bits"] == bits
         expected = module.wq(module.float_weight()).detach()
         assert torch.allclose(dequantize(entry), expected, rtol=1e-6, atol=1e-7), key
-        codes = unpack(entry["codes"], bits, entry["low"], expected.numel())
-        assert codes.min() >= entry["low"] and codes.unique().numel() <= 2 ** bits, key
+        index = unpack(entry["codes"], bits, expected.numel())
+        assert index.min() >= 0 and index.max() < 2 ** bits, key
     # the packed codes are what the size report counts for those weights (+ per-layer scales)
     packed = sum(e["codes"].numel() for e in file["layers"].values())
     quantized_bits = sum(r["bytes"] for r in size_report(net)["layers"] if r["bits"] < 32)
@@ -111,8 +119,9 @@ def test_onnx_export_has_qdq_pairs_and_onnxruntime_matches_pytorch(tmp_path):
     path = tmp_path / "model.onnx"
     export_onnx(net, (x,), path, ["image"])
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
-    # weights of a, c, d, attn (in + out), e, and c's input: 7 pairs; b (1-bit sign) has none
-    assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == 7
+    # weights of a, b (the 1-bit sign code: +-alpha on codes -1, +1), c, d, attn (in + out),
+    # e, and c's input: 8 pairs
+    assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == 8
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = session.run(None, {"image": x.numpy()})[0]
     with torch.no_grad():

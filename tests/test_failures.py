@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from quantlab.engine.logbook import Logbook
-from tests.conftest import REPO
+from tests.conftest import REPO, config
 from tests.test_engine import HOROVODRUN, PY, exp_dir, load, main_cmd, run
 
 
@@ -48,10 +48,8 @@ def test_a_data_root_holding_other_files_is_refused_and_left_untouched(storage):
 
 def test_generation_fills_an_empty_folder_and_replaces_only_an_incomplete_set_of_ours(tmp_path):
     from problems.SwissCube.Widedepth import build_task
-    from quantlab.engine.config import build_config
     from tests.test_engine import TINY_SET
-    cfg = build_config(REPO / "cfg" / "defaults.yaml", REPO / "problems" / "SwissCube" / "Widedepth" / "config.yaml",
-                       "mini", TINY_SET)
+    cfg = config("SwissCube/Widedepth", "mini", TINY_SET)
     task = build_task(cfg, tmp_path)
     root = tmp_path / "SwissCube-tiny"
     root.mkdir()  # empty: generated into
@@ -160,11 +158,24 @@ def test_a_failed_resume_leaves_the_config_as_it_was(storage):
     (["data.root=[SwissCube-tiny"], "the value of 'data.root' is not valid YAML"),
     (["training.batch_size=17"], "the train split has 16 samples, fewer than 1 rank(s) x training.batch_size 17"),
     (["quantize.rules=[{modules: fpn, algorithm: lsqq, bits: 4}]"], "algorithm 'lsqq' is not one of"),
+    (["quantize.inq_schedule={0: 0.5, 2: 1.5}"], "config key 'quantize.inq_schedule'"),
+    (["quantize.rules=[{modules: fpn, algorithm: inq, bits: 2}]", "quantize.inq_schedule={}"],
+     "config key 'quantize.inq_schedule'"),
 ])
 def test_invalid_values_refuse_to_start_before_anything_is_created(storage, sets, expected):
     out = run(main_cmd("--mode", "train", sets=sets), storage)
     assert expected in one_error_line(out)
     assert out.stderr.strip().count("\n") == 0 and not experiments(storage)
+
+
+@pytest.mark.parametrize("mode, sets, key", [("mqat", ["mqat.min_compression=100"], "mqat.min_compression"),
+                                             ("hawq", ["hawq.min_compression=100", "hawq.samples=1",
+                                                       "hawq.batches=1"], "hawq.min_compression")])
+def test_a_compression_budget_out_of_reach_is_one_line_naming_it(storage, mode, sets, key):
+    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+    out = run(main_cmd("--mode", mode, sets=["quantize.init=0", *sets]), storage)
+    assert f"config key '{key}'" in one_error_line(out) and "x" in one_error_line(out)
+    assert [p.name for p in experiments(storage)] == ["exp0000"]
 
 
 def test_an_empty_training_split_refuses_to_start(storage):
@@ -184,7 +195,7 @@ def test_two_ranks_report_a_shared_error_once_naming_rank_zero(storage):
 def test_a_scene_gt_entry_without_a_key_names_the_file_and_the_image(tiny_root, tmp_path):
     import shutil
     from problems.SwissCube.dataset import SwissCube
-    from quantlab.engine.errors import DataError
+    from quantlab.errors import DataError
     root = tmp_path / "set"
     shutil.copytree(tiny_root, root)
     first = (root / "training.txt").read_text().split()[0]
@@ -198,7 +209,7 @@ def test_a_scene_gt_entry_without_a_key_names_the_file_and_the_image(tiny_root, 
 
 def test_a_coco_annotation_without_a_key_names_the_file_and_the_entry(tmp_path):
     from problems.COCO.dataset import annotation_file, load_coco
-    from quantlab.engine.errors import DataError
+    from quantlab.errors import DataError
     path = annotation_file(tmp_path, "val")
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "height": 9, "width": 9}],
@@ -372,7 +383,7 @@ def test_a_stop_that_broke_into_a_library_call_is_reported_as_a_stop(capsys):
 
 
 def test_a_second_writer_of_a_running_experiment_is_refused(tmp_path):
-    from quantlab.engine.errors import ExperimentError
+    from quantlab.errors import ExperimentError
     logbook = Logbook(tmp_path, "P", "T", 0, writer=True)
     with logbook.lock():
         with pytest.raises(ExperimentError, match="experiment in use by another run"):

@@ -1,10 +1,13 @@
 """Fisher traces against a direct per-sample computation; the distillation loss."""
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
-from quantlab.sensitivity.distillation import distillation_loss
-from quantlab.sensitivity.fisher import fisher_penalty, fisher_traces
+from problems.COCO.DETR.distillation import distillation_loss
+from quantlab.quant.regularizers import fisher_penalty
+from quantlab.sensitivity.fisher import fisher_traces
 
 
 def test_fisher_trace_is_the_mean_squared_per_sample_gradient():
@@ -49,15 +52,14 @@ def test_distillation_is_zero_for_identical_outputs_and_positive_otherwise():
                                            ("fisher.target=2", "fisher.target"),
                                            ("fisher.regularizers=[0.0, -0.1]", "fisher.regularizers")])
 def test_fisher_mode_settings_are_checked(override, key):
-    from quantlab.engine.config import build_config
-    from quantlab.engine.errors import ConfigError
-    from quantlab.sensitivity.fisher_qat import check
-    from tests.conftest import REPO
+    from problems.COCO.DETR import build_task
+    from quantlab.errors import ConfigError
+    from quantlab.modes.fisher import check
+    from tests.conftest import config
 
     def settings(*overrides):
-        cfg = build_config(REPO / "cfg" / "defaults.yaml", REPO / "problems" / "COCO" / "DETR" / "config.yaml",
-                           "mini", list(overrides))
-        check(cfg["fisher"], cfg["ptq"]["ranges"])
+        cfg = config("COCO/DETR", "mini", overrides)
+        check(build_task(cfg, Path("unused")), cfg["fisher"], cfg["ptq"]["ranges"])
     settings()
     with pytest.raises(ConfigError, match=key):
         settings(override)

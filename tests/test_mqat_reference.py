@@ -12,19 +12,17 @@ import pytest
 import torch
 
 from problems.SwissCube.Widedepth import build_task
-from quantlab.engine.config import build_config
-from quantlab.engine.errors import CheckpointError
+from quantlab.errors import CheckpointError
 from quantlab.quant import reference
 from quantlab.quant.controllers import INQController
 from quantlab.quant.editing import Rule, apply_recipe
 from quantlab.quant.layers import INQWeight
-from tests.conftest import REPO
+from tests.conftest import REPO, config
 from tests.test_engine import TINY_SET, exp_dir, main_cmd, run
 
 
 def tiny_task():
-    cfg = build_config(REPO / "cfg" / "defaults.yaml", REPO / "problems" / "SwissCube" / "Widedepth" / "config.yaml",
-                       "mini", TINY_SET)
+    cfg = config("SwissCube/Widedepth", "mini", TINY_SET)
     return build_task(cfg, REPO)
 
 

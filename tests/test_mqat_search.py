@@ -3,9 +3,10 @@ import itertools
 
 import pytest
 
-from quantlab.mqat.ledger import Ledger, candidate_key
-from quantlab.mqat.search import (FLOAT, bit_search, exhaustive_flow, model_size, plan_bits, sensitivity,
-                                  subsets)
+from quantlab.mqat.runner import cached, candidate_key
+from quantlab.mqat.search import bit_search, exhaustive_flow, model_size, module_cube, plan_bits, subsets
+from quantlab.quant.layers import FLOAT_BITS as FLOAT
+from quantlab.records import Ledger
 
 MODULES = ["backbone", "fpn", "head"]
 #: the MQAT paper's T-A2 (WDR, ADI-0.1d): (H, F, B) bits -> metric
@@ -23,13 +24,13 @@ def test_subsets_are_the_2_to_the_k_minus_1_non_empty_ones():
     assert found[:3] == [("backbone",), ("fpn",), ("head",)]
 
 
-def test_sensitivity_cube_and_ranking_reproduce_the_papers_reading():
-    sens = sensitivity(MODULES, 78.8, table_run)
-    assert len(sens.cube) == 7
-    assert {tuple(r["bits"][m] for m in ("head", "fpn", "backbone")): r["metric"] for r in sens.cube} == \
+def test_module_cube_and_ranking_reproduce_the_papers_reading():
+    cube = module_cube(MODULES, 78.8, table_run)
+    assert len(cube.cube) == 7
+    assert {tuple(r["bits"][m] for m in ("head", "fpn", "backbone")): r["metric"] for r in cube.cube} == \
         {k: v for k, v in T_A2.items() if k != (32, 32, 32)}
-    assert sens.singles == pytest.approx({"fpn": 5.0, "head": -9.7, "backbone": -11.0})
-    assert sens.ranking == ["fpn", "head", "backbone"]  # F first, as in the paper
+    assert cube.singles == pytest.approx({"fpn": 5.0, "head": -9.7, "backbone": -11.0})
+    assert cube.ranking == ["fpn", "head", "backbone"]  # F first, as in the paper
 
 
 def test_exhaustive_flow_finds_the_best_of_all_orders():
@@ -64,19 +65,19 @@ def test_bit_search_finds_the_brute_force_optimum_with_fewer_runs(compression):
     feasible = [dict(zip(MODULES, c)) for c in itertools.product(grid, repeat=3)
                 if model_size(dict(zip(MODULES, c)), WEIGHTS, REST) <= budget]
     best_metric = max(toy_metric(b)["metric"] for b in feasible)
-    sens = sensitivity(MODULES, 80.0, lambda bits, order: toy_metric({m: (b if b != FLOAT else 8) for m, b in bits.items()}))
-    plan = plan_bits(MODULES, grid, WEIGHTS, REST, compression, sens)
+    cube = module_cube(MODULES, 80.0, lambda bits, order: toy_metric({m: (b if b != FLOAT else 8) for m, b in bits.items()}))
+    plan = plan_bits(MODULES, grid, WEIGHTS, REST, compression, cube)
     assert plan.fixed == {"fpn": 2}  # the probe showed 2-bit FPN costs nothing
-    assert plan.full_grid == 64 and len(plan.candidates) < len(feasible) < 64
+    assert plan.full_grid == 64 and len(plan.assignments) < len(feasible) < 64
     bits, evidence = bit_search(plan, ["fpn", "head", "backbone"], lambda b, o: toy_metric(b))
     assert toy_metric(bits)["metric"] == best_metric
     assert model_size(bits, WEIGHTS, REST) <= budget
 
 
-def test_an_impossible_budget_is_an_error():
+def test_an_impossible_budget_plans_nothing():
+    # 100x with 4 and 8 bits: no assignment fits (--mode mqat then names mqat.min_compression)
     plan = plan_bits(MODULES, [4, 8], WEIGHTS, REST, 100.0)
-    with pytest.raises(ValueError, match="compression budget"):
-        bit_search(plan, MODULES, lambda b, o: {"metric": 0.0})
+    assert plan.assignments == [] and plan.full_grid == 8
 
 
 def test_an_interrupted_search_resumes_without_rerunning_finished_candidates(tmp_path):
@@ -89,8 +90,8 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_candidates(tmp
         return table_run(bits, order)
 
     with pytest.raises(KeyboardInterrupt):
-        sensitivity(MODULES, 78.8, Ledger(tmp_path / "ledger.json").cached(run))
+        module_cube(MODULES, 78.8, cached(Ledger(tmp_path / "ledger.json"), run))
     assert len(Ledger(tmp_path / "ledger.json").entries) == 2
-    sens = sensitivity(MODULES, 78.8, Ledger(tmp_path / "ledger.json").cached(run))
+    cube = module_cube(MODULES, 78.8, cached(Ledger(tmp_path / "ledger.json"), run))
     assert len(calls) == 3 + 5 and len(set(calls)) == 7  # only the interrupted one ran twice
-    assert sens.ranking == ["fpn", "head", "backbone"]
+    assert cube.ranking == ["fpn", "head", "backbone"]

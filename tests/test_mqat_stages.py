@@ -2,28 +2,29 @@
 ends exactly where the uninterrupted candidate ends (one Horovod rank, tiny data)."""
 import torch
 
+import dataclasses
+
 from quantlab.engine import checkpoint, distributed as dist
-from quantlab.engine.config import build_config
+from quantlab.engine.context import RunContext
 from quantlab.engine.logbook import Logbook
 from quantlab.engine.trainer import Trainer
 from quantlab.files import link_atomic
 from quantlab.mqat.runner import StagedRuns
-from tests.conftest import REPO
+from tests.conftest import config
 from tests.test_engine import TINY_SET
 
 
 def setup(tmp_path, tiny_root, name):
     from problems.SwissCube.Widedepth import build_task
-    cfg = build_config(REPO / "cfg" / "defaults.yaml", REPO / "problems" / "SwissCube" / "Widedepth" / "config.yaml",
-                       "mini", TINY_SET + ["mqat.stage_epochs=2", "quantize.inq_schedule={0: 0.5, 1: 1.0}"])
-    world = dist.init(1)
-    task = build_task(cfg, tiny_root.parent)
+    cfg = config("SwissCube/Widedepth", "mini",
+                 TINY_SET + ["mqat.stage_epochs=2", "quantize.inq_schedule={0: 0.5, 1: 1.0}"])
     logbook = Logbook(tmp_path / name, "SwissCube", "Widedepth", 0, writer=True)
     logbook.create(cfg)
-    float_run = Trainer(task, cfg, world, logbook, torch.device("cpu"))
-    float_run.logbook.save(float_run.state(), 0, keep_numbered=False, is_best=True)
+    ctx = RunContext(build_task(cfg, tiny_root.parent), cfg, dist.init(1), logbook, torch.device("cpu"))
+    float_run = Trainer(ctx)
+    logbook.save(float_run.state(), 0, keep_numbered=False, is_best=True)
     float_run.close()
-    return StagedRuns(task, cfg, world, logbook, torch.device("cpu"), logbook.saves / "best.pt"), logbook
+    return StagedRuns(dataclasses.replace(ctx, start=logbook.saves / "best.pt")), logbook
 
 
 def test_a_candidate_interrupted_in_stage_two_resumes_there_and_ends_the_same(tmp_path, tiny_root):

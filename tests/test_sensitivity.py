@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from quantlab.sensitivity.hawq import sensitivities, sizes
 from quantlab.sensitivity.hessian import block_quadratic_forms, hutchinson_traces
 from quantlab.sensitivity.ilp import Problem, solve
+from quantlab.sensitivity.omega import omega
 
 
 def tiny():
@@ -112,13 +112,17 @@ def test_ilp_matches_brute_force(seed):
         assert all(len({got.bits[l] for l in g}) == 1 for g in tied)
 
 
-def test_hawq_sensitivity_by_hand():
-    w = torch.tensor([[0.5, -1.0], [0.25, 0.75]])
-    quantize = lambda t, b: torch.round(t * 2 ** (b - 2)) / 2 ** (b - 2)  # steps of 1 (2 bits), 0.5 (3 bits)
-    sens = sensitivities({"a": w}, {"a": 8.0}, [2, 3], quantize)
-    # mean trace 8 / 4 = 2; 2 bits: errors 0.5, 0, 0.25, 0.25 -> 0.375; 3 bits: 0, 0, 0.25, 0.25 -> 0.125
-    assert sens["a"][2] == pytest.approx(2 * 0.375) and sens["a"][3] == pytest.approx(2 * 0.125)
-    assert sizes({"a": w}, [2, 3]) == {"a": {2: 8.0, 3: 12.0}}
+def test_omega_by_hand():
+    w = torch.tensor([[0.5, -1.0], [0.25, 0.75]])  # max|W| = 1
+    sens = omega({"a": [w]}, {"a": 8.0}, [2, 3])
+    # mean trace 8 / 4 = 2. 2 bits: step 1, W -> 0, -1, 0, 1 (0.5 rounds to even): squared
+    # errors 0.25 + 0 + 0.0625 + 0.0625 = 0.375. 3 bits: step 1/3, W/step = 1.5, -3, 0.75,
+    # 2.25 -> 2, -3, 1, 2: errors 1/6, 0, 1/12, 1/12, squared sum 1/36 + 2/144
+    assert sens["a"][2] == pytest.approx(2 * 0.375) and sens["a"][3] == pytest.approx(2 * (1 / 36 + 2 / 144))
+    # a layer of two tensors: its trace and count cover both, the errors add
+    assert omega({"a": [w, w]}, {"a": 8.0}, [2])["a"][2] == pytest.approx(8 / 8 * 2 * 0.375)
+    # against the 3-bit reference weights (output_quant), 3 bits costs nothing
+    assert omega({"a": [w]}, {"a": 8.0}, [3], reference_bits=3)["a"][3] == 0
 
 
 @pytest.mark.parametrize("target", [4.0, 5.0, 5.5])

@@ -9,7 +9,7 @@ from problems.SwissCube.dataset import SwissCube
 from problems.SwissCube.generator import DIAMETER, cubesat_mesh
 from problems.SwissCube.mesh import read_ply
 from problems.SwissCube.Widedepth.preprocess import project
-from quantlab.engine.errors import DataError
+from quantlab.errors import DataError
 
 
 def test_mesh_is_closed_outward_and_has_swisscube_diameter():

@@ -1,13 +1,13 @@
 """The paper tables from hand-made experiment files; the INQ lr multiplier and the child
 run configuration worked by hand."""
 import json
+from types import SimpleNamespace
 
-import pytest
-
+from problems.SwissCube.tables import DEPTH
 from quantlab.engine.config import child_config
-from quantlab.engine.errors import ConfigError
 from quantlab.engine.optim import inq_multiplier
-from quantlab.mqat.tables import write_tables
+from quantlab.mqat.tables import TABLES
+from quantlab.records import save_tables
 
 MODULES = ["backbone", "fpn"]
 PUBLISHED = {"cube": [{"backbone": 32, "fpn": 32, "metric": 70.0}, {"backbone": 32, "fpn": 2, "metric": 75.0}],
@@ -21,7 +21,7 @@ def experiment(tmp_path):
     mqat = tmp_path / "mqat"
     mqat.mkdir()
     two = {"bits": {"backbone": 32, "fpn": 2}, "metric": 50.0, "delta": -10.0}
-    (mqat / "sensitivity.json").write_text(json.dumps({"float_metric": 60.0, "cube": [two]}))
+    (mqat / "cube.json").write_text(json.dumps({"float_metric": 60.0, "cube": [two]}))
     (mqat / "result.json").write_text(json.dumps({
         "bits": {"backbone": 8, "fpn": 2}, "order": ["fpn", "backbone"], "metric": 55.0, "compression": 7.0,
         "metrics": {"A/near": 58.0, "A/all": 55.0}, "float_metrics": {"A/near": 61.0, "A/all": 60.0}}))
@@ -32,13 +32,20 @@ def experiment(tmp_path):
     return tmp_path
 
 
+def write_tables(folder, names, published):
+    """The MQAT tables of a two-module task whose metric family is `A`, as --mode mqat writes them."""
+    task = SimpleNamespace(groups={m: m for m in MODULES}, best_metric="A/all", published=published)
+    specs = {s.name: s for s in (*TABLES, DEPTH)}
+    return save_tables(folder, [specs[n].build(folder, task, {"mqat": {"probe_bits": 2}}) for n in names])
+
+
 def rows(tmp_path, name):
     return [line.split(",") for line in (tmp_path / "tables" / f"{name}.csv").read_text().splitlines()]
 
 
 def test_tables_put_ours_beside_the_papers_numbers(tmp_path):
     folder = experiment(tmp_path)
-    text = write_tables(folder, ["cube", "module_bits", "compression", "depth"], MODULES, "A/all", PUBLISHED)
+    text = write_tables(folder, ["cube", "module_bits", "compression", "depth"], PUBLISHED)
     assert rows(folder, "cube")[1:] == [["32", "32", "60.0", "0.0", "70.0", "0.0"],
                                         ["32", "2", "50.0", "-10.0", "75.0", "5.0"]]
     assert rows(folder, "module_bits")[1:] == [["FP", "1.0", "60.0", "70.0"], ["FP fine-tuned", "1.0", "58.0", ""],
@@ -48,14 +55,18 @@ def test_tables_put_ours_beside_the_papers_numbers(tmp_path):
                                                ["float fine-tuned", "FP", "1.0", "58.0", "", ""],
                                                ["LSQ uniform", "4", "7.5", "40.0", "", ""],
                                                ["MQAT", "8-2 (fpn > backbone)", "7.0", "55.0", "8.0", "72.0"]]
-    assert rows(folder, "depth")[1:] == [["float", "ours", "61.0", "60.0"], ["float", "paper", "80.0", "70.0"],
-                                         ["MQAT 8-2", "ours", "58.0", "55.0"], ["MQAT 8-2", "paper", "85.0", "75.0"]]
+    # depth bins in T-A1's order; bins neither side has are empty
+    assert rows(folder, "depth")[0] == ["model", "source", "near", "medium", "far", "all"]
+    assert rows(folder, "depth")[1:] == [["float", "ours", "61.0", "", "", "60.0"],
+                                         ["float", "paper", "80.0", "", "", "70.0"],
+                                         ["MQAT 8-2", "ours", "58.0", "", "", "55.0"],
+                                         ["MQAT 8-2", "paper", "85.0", "", "", "75.0"]]
     assert "| LSQ uniform | 4 | 7.50 | 40.00 | - | - |" in text
 
 
 def test_a_missing_experiment_file_leaves_cells_empty(tmp_path):
     (tmp_path / "mqat").mkdir()
-    write_tables(tmp_path, ["compression"], MODULES, "A/all", {})
+    write_tables(tmp_path, ["compression"], {})
     assert rows(tmp_path, "compression")[1:] == [["float", "FP", "1.0", "", "", ""],
                                                  ["float fine-tuned", "FP", "1.0", "", "", ""]]
 
@@ -65,19 +76,16 @@ def test_inq_multiplier_resets_at_each_step_and_decays_two_epochs_later():
     assert [m(e) for e in range(12)] == [1, 1, 0.1, 0.1, 0.1, 1, 1, 0.1, 0.1, 1, 1, 0.1]
 
 
-def test_child_training_overrides_training_and_rejects_unknown_keys():
+def test_child_training_is_laid_over_training_entry_by_entry():
     cfg = {"quantize": {"init": None, "rules": [], "child_training": {"lr": 0.5, "schedule": {"type": "inq"}}},
            "training": {"lr": 0.1, "epochs": 60, "schedule": {"type": "cosine", "warmup_epochs": 1}}}
     child = child_config(cfg, "float.pt", [{"modules": "fpn", "algorithm": "inq", "bits": 2}], 3)
     assert child["training"] == {"lr": 0.5, "epochs": 3, "schedule": {"type": "inq", "warmup_epochs": 1}}
     assert child["quantize"]["init"] == "float.pt" and cfg["training"]["lr"] == 0.1
-    cfg["quantize"]["child_training"] = {"lrr": 0.5}
-    with pytest.raises(ConfigError, match="quantize.child_training.*training.lrr"):
-        child_config(cfg, "float.pt", [], 3)
 
 
 def test_detr_fisher_table_orders_schemes_and_measures_changes_against_float(tmp_path):
-    from quantlab.sensitivity.tables import detr_fisher
+    from problems.COCO.DETR.tables import detr_fisher
     (tmp_path / "fisher").mkdir()
     (tmp_path / "fisher" / "allocations.json").write_text(json.dumps(
         {"float": {"bits": {}, "average_bits": 32.0, "metrics": {"mAP": 40.0, "critical_mAP": 30.0}}}))
@@ -87,7 +95,8 @@ def test_detr_fisher_table_orders_schemes_and_measures_changes_against_float(tmp
                                   ("fisher_critical", 0.0, 37.0, 28.0), ("uniform", 0.01, 36.0, 26.5)]}
     results["fisher_critical@0"]["same_as"] = "fisher_overall"
     (tmp_path / "fisher" / "results.json").write_text(json.dumps(results))
-    table = detr_fisher(tmp_path, "mAP", "critical_mAP", ["uniform", "fisher_overall", "fisher_critical"])
+    task = SimpleNamespace(best_metric="mAP", critical_metric="critical_mAP")
+    table = detr_fisher(tmp_path, task, {"fisher": {"schemes": ["uniform", "fisher_overall", "fisher_critical"]}})
     assert table.rows == [["float", None, 32.0, 40.0, 30.0, None, None, None],
                           ["uniform", "0", 4.0, 35.0, 25.0, -5.0, -5.0, None],
                           ["uniform", "0.01", 4.0, 36.0, 26.5, -4.0, -3.5, None],

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
+from quantlab.progress import progress
 
 SPLITS = ("train", "val")
 #: COCO-style ids (1..90 with gaps are allowed); each id is one shape in one colour (BGR)
@@ -111,7 +111,7 @@ def generate(root: Path, params: dict) -> str:
         folder = root / f"{split}2017"
         folder.mkdir()
         images, annotations = [], []
-        for _ in tqdm(range(params["images"][split]), desc=f"synthetic COCO {split}", leave=False):
+        for _ in progress(range(params["images"][split]), desc=f"synthetic COCO {split}"):
             image, objects = render(rng, size, int(rng.integers(low, high + 1)), tuple(params["object_scale"]))
             name = f"{image_id:012d}.jpg"
             cv2.imwrite(str(folder / name), image, [cv2.IMWRITE_JPEG_QUALITY, 95])

@@ -19,7 +19,7 @@ import numpy as np
 
 from problems.SwissCube.generator import SPLIT_FILES
 from problems.SwissCube.mesh import Mesh, read_ply
-from quantlab.engine.errors import DataError
+from quantlab.errors import DataError
 
 
 @dataclass

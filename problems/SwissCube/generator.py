@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
-from tqdm import tqdm
+from quantlab.progress import progress
 
 from problems.SwissCube.mesh import Mesh, box_corners, write_ply
 from problems.SwissCube.render import rasterize
@@ -127,7 +127,7 @@ def generate(root: Path, params: dict) -> str:
     K = camera_matrix(size)
     seq = 0
     total = sum(counts.values())
-    bar = tqdm(total=total, desc="synthetic SwissCube", leave=False)
+    bar = progress(desc="synthetic SwissCube", total=total)
     for split, n in counts.items():
         lines = []
         for start in range(0, n, per_seq):

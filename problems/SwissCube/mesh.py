@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from plyfile import PlyData, PlyElement
 
-from quantlab.engine.errors import DataError
+from quantlab.errors import DataError
 
 
 @dataclass

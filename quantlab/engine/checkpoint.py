@@ -1,13 +1,28 @@
-"""Checkpoint files: written atomically, read without unpickling code."""
+"""Checkpoint files: written atomically, read without unpickling code, and the readers that
+turn every supported layout into the weights of our network.
+
+`read_weights` tries the readers in order and uses the first that accepts the file:
+  quantlab    our training checkpoints: the recorded quantized layers are rebuilt first
+  integer     our integer export (quantlab.quant.export): the same, from its recipe
+  reference   the MQAT reference code's files: its INQ layers become ours
+  public      the task's public layout (a raw state_dict, {"model": ...}, ...)
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
-from quantlab.engine.errors import CheckpointError
+from quantlab.engine.task import Task
+from quantlab.errors import CheckpointError
 from quantlab.files import write_atomic
+from quantlab.quant import export, reference
+from quantlab.quant.editing import rebuild
+
+FORMAT = "quantlab/1"
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -29,15 +44,19 @@ def load(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_matching(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str,
-                  ignore_prefixes: tuple[str, ...] = ()) -> list[str]:
+def load_matching(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str,
+                  ignore: dict[str, str] | None = None) -> dict[str, list[str]]:
     """Load `state_dict` into `module` strictly, naming every mismatch in one error.
 
-    Keys starting with one of `ignore_prefixes` (parts of a public checkpoint that our
-    network derives or does not use) are dropped and returned so callers can report them.
-    """
-    dropped = [k for k in state_dict if k.startswith(ignore_prefixes)] if ignore_prefixes else []
-    state = {k: v for k, v in state_dict.items() if k not in set(dropped)}
+    `ignore` maps key prefixes of a public checkpoint that our network derives or does not
+    use to the reason; those keys are dropped and returned by reason, for the log."""
+    dropped: dict[str, list[str]] = {}
+    for key in state_dict:
+        prefix = next((p for p in ignore or {} if key.startswith(p)), None)
+        if prefix is not None:
+            dropped.setdefault(ignore[prefix], []).append(key)
+    gone = {k for keys in dropped.values() for k in keys}
+    state = {k: v for k, v in state_dict.items() if k not in gone}
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -59,3 +78,56 @@ def load_matching(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], 
 def _short(items: list[str], n: int = 6) -> str:
     shown = ", ".join(items[:n])
     return f"[{shown}{', ... (%d more)' % (len(items) - n) if len(items) > n else ''}]"
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One checkpoint layout: `read(model, state, task, source)` loads it into `model`
+    and returns (report rows of the layers it quantized, lines for the log)."""
+    name: str
+    accepts: Callable[[dict], bool]
+    read: Callable[[nn.Module, dict, Task, str], tuple[list[dict], list[str]]]
+
+
+def _quantlab(model: nn.Module, state: dict, task: Task, source: str) -> tuple[list[dict], list[str]]:
+    rows = rebuild(model, state.get("quant_layers", []))
+    load_matching(model, state["model"], source)
+    return rows, []
+
+
+def _integer(model: nn.Module, state: dict, task: Task, source: str) -> tuple[list[dict], list[str]]:
+    rows = rebuild(model, state["recipe"])
+    export.load_integer(model, state, source)
+    return rows, []
+
+
+def _public(model: nn.Module, state: dict, task: Task, source: str) -> tuple[list[dict], list[str]]:
+    dropped = task.load_weights(model, state, source)
+    return [], [f"{source}: {len(keys)} key(s) {reason}: {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
+                for reason, keys in dropped.items()]
+
+
+def _reference(model: nn.Module, state: dict, task: Task, source: str) -> tuple[list[dict], list[str]]:
+    prefix = getattr(task, "reference_prefix", None)
+    if prefix is None:
+        raise CheckpointError(f"{source}: an MQAT reference checkpoint, but {type(task).__name__} does not say "
+                              "where the reference code wraps its network (reference_prefix)")
+    network, inq, copies = reference.convert(state, prefix, source)
+    rows = reference.quantize_like(model, inq, source)
+    _, notes = _public(model, network, task, source)
+    bits = ", ".join(sorted({f"{b}-bit" for b in inq.values()}))
+    return rows, [f"{source}: MQAT reference layout, {len(inq)} INQ layers ({bits}), {len(copies)} duplicated "
+                  f"keys outside {prefix!r} dropped", *notes]
+
+
+READERS = (Reader("quantlab", lambda s: s.get("format") == FORMAT, _quantlab),
+           Reader("integer", lambda s: s.get("format") == export.FORMAT, _integer),
+           Reader("reference", reference.is_reference, _reference),
+           Reader("public", lambda s: True, _public))
+
+
+def read_weights(model: nn.Module, path: Path, task: Task) -> tuple[list[dict], list[str]]:
+    """Load `path` into `model` with the first reader that accepts it."""
+    state = load(path)
+    reader = next(r for r in READERS if r.accepts(state))
+    return reader.read(model, state, task, str(path))

@@ -1,25 +1,55 @@
 """Experiment configuration: YAML files merged in layers, checked against a schema.
 
-The schema has two parts. The merged defaults (cfg/defaults.yaml + the topology's
-`defaults:` section) give every key and its type: a profile or a `--set` override may only
-name keys that exist there, with a value of a compatible type, which catches the typo that
-would otherwise silently train with the default. cfg/schema.yaml (+ the topology's
-`schema:` section) gives allowed values and ranges, so that `training.batch_size=0` or an
-unknown optimizer stops the run before anything is created.
+Layers, each later one overriding the earlier: the defaults files (cfg/defaults.yaml and
+every mode's section file), the topology's `defaults:`, its profile, `--set` overrides.
+
+The schema has two parts. The merged defaults give every key and its type: a profile or
+an override may only name keys that exist there, with a value of a compatible type, which
+catches the typo that would otherwise silently train with the default. Each file's
+`schema:` mapping gives allowed values and ranges ({dotted key: rule}), so that
+`training.batch_size=0` or an unknown optimizer stops the run before anything is created:
+  choices: [...]   the value (or each item of a list) is one of these
+  min / max        numeric bounds, inclusive; above: a strict lower bound
+  open: true       a mapping of free entries (e.g. {epoch: fraction}), replaced whole
+  overlays: S      a mapping of some of section S's keys laid over it, checked as S's
+YAML with a duplicated key is an error: the second copy would silently win.
 """
 from __future__ import annotations
 
 import copy
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
-from quantlab.engine.errors import ConfigError
+from quantlab.errors import ConfigError
 
 Config = dict[str, Any]
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+RULES = {"choices", "min", "max", "above", "open", "overlays"}
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that repeats a key."""
+
+
+def _mapping(loader: _UniqueKeys, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                    f"found duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeys)
 
 
 def load_yaml(path: Path) -> dict:
@@ -27,7 +57,7 @@ def load_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc.__class__.__name__}: {exc})".replace("\n", " "))
     if not isinstance(data, dict):
@@ -49,25 +79,25 @@ def _compatible(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def merge_checked(base: Config, override: dict, source: str, prefix: str = "") -> Config:
-    """Return `base` updated by `override`; every key of `override` must exist in `base`.
-
-    Mappings whose default is empty (`{}`) are open: any key may be added there (used for
-    free-form sections such as per-layer options).
-    """
+def merge_checked(base: Config, override: dict, source: str, prefix: str = "",
+                  open_keys: Iterable[str] = (), reference: Config | None = None) -> Config:
+    """Return `base` updated by `override`; every key of `override` must exist in
+    `reference` (the defaults; `base` itself when None), with a value of its type. A
+    mapping in `open_keys` (dotted) is replaced whole."""
+    open_keys = frozenset(open_keys)
+    reference = base if reference is None else reference
     out = copy.deepcopy(base)
     for key, value in override.items():
         dotted = f"{prefix}{key}"
-        if key not in out:
-            known = ", ".join(sorted(map(str, out))) or "(none)"
+        if key not in reference:
+            known = ", ".join(sorted(map(str, reference))) or "(none)"
             raise ConfigError(f"{source}: unknown config key '{dotted}' (known keys here: {known})")
-        default = out[key]
-        if isinstance(default, dict) and default and isinstance(value, dict):
-            out[key] = merge_checked(default, value, source, dotted + ".")
-        elif not _compatible(default, value):
-            raise ConfigError(
-                f"{source}: config key '{dotted}' expects {type(default).__name__}, "
-                f"got {type(value).__name__} ({value!r})")
+        default = reference[key]
+        if not _compatible(default, value):
+            raise ConfigError(f"{source}: config key '{dotted}' expects {type(default).__name__}, "
+                              f"got {type(value).__name__} ({value!r})")
+        if isinstance(default, dict) and isinstance(value, dict) and dotted not in open_keys:
+            out[key] = merge_checked(out.get(key) or {}, value, source, dotted + ".", open_keys, default)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -93,7 +123,7 @@ def parse_override(text: str) -> dict:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = parse_yaml(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
         raise ConfigError(f"--set {text!r}: the value of '{key}' is not valid YAML ({problem}); "
@@ -104,34 +134,76 @@ def parse_override(text: str) -> dict:
     return nested
 
 
-RULES = {"choices", "min", "max", "above", "overlays"}
+class Schema:
+    """The merged defaults (keys and types) and the value rules of every file."""
+
+    def __init__(self, defaults: Config, rules: dict[str, dict]) -> None:
+        self.defaults, self.rules = defaults, rules
+        self.open = frozenset(k for k, r in rules.items() if r.get("open") or "overlays" in r)
+
+    def merge(self, base: Config, override: dict, source: str) -> Config:
+        """`override` laid over `base`, its keys and types checked against the defaults."""
+        return merge_checked(base, override, source, open_keys=self.open, reference=self.defaults)
+
+    def check(self, cfg: Config) -> Config:
+        """Raise a ConfigError naming the first key whose value the rules do not allow."""
+        for key, rule in self.rules.items():
+            value = _lookup(cfg, key)
+            if value is _MISSING:
+                raise ConfigError(f"schema names config key '{key}', which the configuration does not have")
+            if "overlays" in rule:
+                self._check_overlay(key, value, rule["overlays"], cfg)
+                continue
+            error = _value_error(key, value, rule)
+            if error:
+                raise ConfigError(error)
+        return cfg
+
+    def _check_overlay(self, key: str, value: dict, section: str, cfg: Config) -> None:
+        """`value` holds some keys of `section`: known there, of its types and values."""
+        merge_checked(_lookup(cfg, section), value, f"config key '{key}'", f"{key}.",
+                      {f"{key}{k[len(section):]}" for k in self.open if k.startswith(section + ".")},
+                      _lookup(self.defaults, section))
+        for dotted, rule in self.rules.items():
+            if dotted.startswith(section + "."):
+                inner = _lookup(value, dotted[len(section) + 1:])
+                error = None if inner is _MISSING else _value_error(f"{key}{dotted[len(section):]}", inner, rule)
+                if error:
+                    raise ConfigError(error)
 
 
-def _layers(defaults_file: Path, topology_file: Path) -> tuple[Config, dict, dict[str, dict]]:
-    """The global defaults with the topology's `defaults:` laid over them, the topology's
-    profiles, and the value schema: `schema.yaml` beside the defaults, then the topology's
-    `schema:` section, as {dotted key: {choices | min | max | above | overlays}}."""
-    base = load_yaml(defaults_file)
+def _layers(defaults_files: list[Path], topology_file: Path) -> tuple[Schema, dict]:
+    """The schema of a topology (the defaults files' keys with the topology's `defaults:`
+    laid over them, and every file's `schema:` rules) and its profiles."""
+    base: Config = {}
+    rules: dict[str, dict] = {}
+    for path in defaults_files:
+        data = load_yaml(path)
+        rules.update(data.pop("schema", None) or {})
+        clash = set(base) & set(data)
+        if clash:
+            raise ConfigError(f"{path}: section(s) {sorted(clash)} defined in another defaults file too")
+        base.update(data)
     topo = load_yaml(topology_file)
     unknown = set(topo) - {"defaults", "profiles", "schema"}
     if unknown:
         raise ConfigError(f"{topology_file}: unknown top-level key(s) {sorted(unknown)}; "
                           "expected 'defaults', 'profiles' and 'schema'")
-    topo_defaults = topo.get("defaults") or {}
-    for key in set(base) & set(topo_defaults):
-        if not (isinstance(base[key], dict) and isinstance(topo_defaults[key], dict)):
-            raise ConfigError(f"{topology_file}: key '{key}' redefines a global default")
-    cfg = copy.deepcopy(base)
-    for key, value in topo_defaults.items():
-        if key in cfg:
-            cfg[key] = merge_checked(cfg[key], value, str(topology_file), key + ".")
-        else:
-            cfg[key] = copy.deepcopy(value)
-    schema = {**load_yaml(defaults_file.with_name("schema.yaml")), **(topo.get("schema") or {})}
-    for key, rule in schema.items():
+    rules.update(topo.get("schema") or {})
+    for key, rule in rules.items():
         if not isinstance(rule, dict) or not set(rule) <= RULES:
             raise ConfigError(f"schema of '{key}': expected a mapping of {sorted(RULES)}, got {rule!r}")
-    return cfg, topo.get("profiles") or {}, schema
+    open_keys = frozenset(k for k, r in rules.items() if r.get("open") or "overlays" in r)
+    topo_defaults = topo.get("defaults") or {}
+    cfg = copy.deepcopy(base)
+    for key, value in topo_defaults.items():
+        if key not in cfg:
+            cfg[key] = copy.deepcopy(value)
+        elif isinstance(cfg[key], dict) and isinstance(value, dict):
+            cfg[key] = merge_checked(cfg[key], value, str(topology_file), key + ".", open_keys)
+        else:
+            raise ConfigError(f"{topology_file}: key '{key}' redefines a global default")
+    return Schema(cfg, rules), topo.get("profiles") or {}
 
 
 _MISSING = object()
@@ -165,60 +237,54 @@ def _value_error(key: str, value: Any, rule: dict) -> str | None:
     return None
 
 
-def check_values(cfg: Config, schema: dict[str, dict], prefix: str = "", partial: bool = False) -> Config:
-    """Raise a ConfigError naming the first key whose value the schema does not allow.
-
-    A mapping with `overlays: S` (quantize.child_training over training) holds some keys of
-    section S: those present are checked with S's rules. `partial` skips absent keys."""
-    for key, rule in schema.items():
-        value = _lookup(cfg, key)
-        if value is _MISSING:
-            if partial:
-                continue
-            raise ConfigError(f"schema names config key '{prefix}{key}', which the configuration does not have")
-        if "overlays" in rule:
-            section = rule["overlays"] + "."
-            check_values(value, {k[len(section):]: r for k, r in schema.items() if k.startswith(section)},
-                         f"{prefix}{key}.", partial=True)
-            continue
-        error = _value_error(prefix + key, value, rule)
-        if error:
-            raise ConfigError(error)
-    return cfg
-
-
-def build_config(defaults_file: Path, topology_file: Path, profile: str,
+def build_config(defaults_files: list[Path], topology_file: Path, profile: str,
                  overrides: list[str]) -> Config:
     """Resolve the configuration of a new experiment: defaults, topology, profile, --set."""
-    cfg, profiles, schema = _layers(defaults_file, topology_file)
+    schema, profiles = _layers(defaults_files, topology_file)
     if profile not in profiles:
         raise ConfigError(f"{topology_file}: unknown profile '{profile}' "
                           f"(available: {', '.join(sorted(profiles)) or 'none'})")
-    cfg = merge_checked(cfg, profiles[profile] or {}, f"{topology_file} profile '{profile}'")
-    cfg = apply_overrides(cfg, overrides)
-    check_values(cfg, schema)
+    cfg = schema.merge(schema.defaults, profiles[profile] or {}, f"{topology_file} profile '{profile}'")
+    cfg = apply_overrides(cfg, overrides, schema)
+    schema.check(cfg)
     cfg["profile"] = profile
     return cfg
 
 
-def resume_config(defaults_file: Path, topology_file: Path, saved: Config, source: Path,
-                  overrides: list[str]) -> Config:
-    """The configuration of a continued experiment: its saved `config.yaml` laid over
-    today's defaults (keys added since take their default), then --set, checked like a
-    new one."""
+def resume_config(defaults_files: list[Path], topology_file: Path, saved: Config, source: Path,
+                  overrides: list[str]) -> tuple[Config, list[str]]:
+    """The configuration of a continued experiment and the saved keys that no longer
+    exist (dropped, for the log): its `config.yaml` laid over today's defaults (keys added
+    since take their default), then --set, checked like a new one."""
+    schema, _ = _layers(defaults_files, topology_file)
     saved = dict(saved)
     profile = saved.pop("profile", None)
-    defaults, _, schema = _layers(defaults_file, topology_file)
-    cfg = apply_overrides(merge_checked(defaults, saved, str(source)), overrides)
-    check_values(cfg, schema)
+    kept, dropped = _known(saved, schema.defaults, "", schema.open)
+    cfg = apply_overrides(schema.merge(schema.defaults, kept, str(source)), overrides, schema)
+    schema.check(cfg)
     cfg["profile"] = profile
-    return cfg
+    return cfg, dropped
 
 
-def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply `--set key=value` overrides, each checked against the schema."""
+def _known(saved: dict, defaults: dict, prefix: str, open_keys: frozenset) -> tuple[dict, list[str]]:
+    """`saved` without the keys `defaults` no longer has (their dotted names listed);
+    open mappings keep every entry."""
+    kept, dropped = {}, []
+    for key, value in saved.items():
+        if key not in defaults:
+            dropped.append(prefix + str(key))
+        elif isinstance(value, dict) and isinstance(defaults[key], dict) and f"{prefix}{key}" not in open_keys:
+            kept[key], inner = _known(value, defaults[key], f"{prefix}{key}.", open_keys)
+            dropped += inner
+        else:
+            kept[key] = value
+    return kept, dropped
+
+
+def apply_overrides(cfg: Config, overrides: list[str], schema: Schema) -> Config:
+    """Apply `--set key=value` overrides, each checked against the schema's keys."""
     for text in overrides:
-        cfg = merge_checked(cfg, parse_override(text), f"--set {text}")
+        cfg = schema.merge(cfg, parse_override(text), f"--set {text}")
     return cfg
 
 
@@ -226,14 +292,23 @@ def dump(cfg: Config) -> str:
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
 
 
+def overlaid(base: dict, over: dict) -> dict:
+    """`base` with `over`'s entries laid over it, mappings merged entry by entry (how
+    `quantize.child_training`, checked as `training` keys, changes `training`)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = overlaid(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else copy.deepcopy(value)
+    return out
+
+
 def child_config(cfg: Config, init: str, rules: list[dict], epochs: int) -> Config:
     """The configuration of a QAT child run a search launches (an MQAT stage or probe, a
     uniform or HAWQ-V3 baseline): start from `init`, quantize by `rules`, train `epochs`,
-    with `quantize.child_training` laid over `training` (checked against its keys)."""
+    with `quantize.child_training` laid over `training`."""
     child = copy.deepcopy(cfg)
     child["quantize"]["init"] = init
     child["quantize"]["rules"] = rules
-    child["training"] = merge_checked(cfg["training"], cfg["quantize"]["child_training"],
-                                      "config key 'quantize.child_training'", "training.")
+    child["training"] = overlaid(cfg["training"], cfg["quantize"]["child_training"])
     child["training"]["epochs"] = epochs
     return child

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import horovod.torch as hvd
 import torch
 
-from quantlab.engine.errors import QuantlabError, shared
+from quantlab.errors import QuantlabError, shared
 
 T = TypeVar("T")
 
@@ -181,6 +181,12 @@ def allreduce_mean(values: dict[str, float], name: str) -> dict[str, float]:
     with waiting(name):
         reduced = hvd.allreduce(tensor, op=hvd.Average, name=name)
     return dict(zip(keys, reduced.tolist()))
+
+
+def allreduce_scalar(value: float, name: str) -> float:
+    """The mean over ranks of one number each rank holds (all ranks must call it)."""
+    with waiting(name):
+        return float(hvd.allreduce(torch.tensor([float(value)], dtype=torch.float64), op=hvd.Average, name=name))
 
 
 def allreduce_statistic(value: torch.Tensor, reduction: str, name: str) -> torch.Tensor:

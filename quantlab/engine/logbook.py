@@ -21,7 +21,7 @@ import yaml
 
 from quantlab.engine import checkpoint
 from quantlab.engine.config import Config, dump
-from quantlab.engine.errors import CheckpointError, ConfigError, ExperimentError
+from quantlab.errors import CheckpointError, ConfigError, ExperimentError
 from quantlab.files import Busy, exclusive_lock, link_atomic, remove_stale_temps, write_text_atomic
 from quantlab.signals import held
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from quantlab.engine.errors import ConfigError
+from quantlab.errors import ConfigError
 
 
 def param_groups(named: list[tuple[str, torch.nn.Parameter]], lr: float, factors: dict[str, float]) -> list[dict]:

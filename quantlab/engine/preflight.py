@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 
 from quantlab.engine.distributed import World
-from quantlab.engine.errors import ConfigError, DataError, ExperimentError, shared
+from quantlab.errors import ConfigError, DataError, ExperimentError, shared
 from quantlab.engine.task import Task
 from quantlab.quant.editing import Rule
+from quantlab.quant.qat import inq_schedule
 
 
 def writable_folder(path: Path, what: str) -> None:
@@ -31,9 +32,11 @@ def device(choice: str) -> None:
 
 
 def recipe(qcfg: dict) -> None:
-    """Every `quantize.rules` entry names a known algorithm at a valid bit-width."""
-    for i, entry in enumerate(qcfg["rules"]):
-        Rule.from_config(entry, f"quantize.rules[{i}]")
+    """Every `quantize.rules` entry names a known algorithm at a valid bit-width, and the
+    INQ schedule (what INQ rules and MQAT's INQ stages follow) is one."""
+    rules = [Rule.from_config(entry, f"quantize.rules[{i}]") for i, entry in enumerate(qcfg["rules"])]
+    if qcfg["inq_schedule"] or any(r.algorithm == "inq" for r in rules):
+        inq_schedule(qcfg["inq_schedule"])
 
 
 def evaluation_split(task: Task, split: str) -> None:

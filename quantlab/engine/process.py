@@ -14,7 +14,7 @@ import traceback
 
 from horovod.common.exceptions import HorovodInternalError
 
-from quantlab.engine.errors import QuantlabError
+from quantlab.errors import QuantlabError
 from quantlab.signals import Stopped
 
 #: environment variables in which launchers give a process its rank (Horovod's Gloo

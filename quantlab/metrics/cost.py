@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-FLOAT_BITS = 32
+from quantlab.quant.layers import FLOAT_BITS
 
 
 def _bits(module: nn.Module) -> tuple[int, int]:

@@ -1,12 +1,14 @@
 """Model size at the assigned bit-widths and the compression ratio against float32.
 
 Size = sum over parameters of (#elements x bits): a quantized layer's weight (`weight`,
-or `in_proj_weight` for attention) at its weight bits, every other parameter (biases, norms, LSQ steps) at 32 bits. Buffers
+or `in_proj_weight` for attention) at its weight bits, every other parameter (biases, norms, LSQ steps) at FLOAT_BITS (32). Buffers
 (running statistics, INQ bookkeeping) are not counted: they are not weights.
 """
 from __future__ import annotations
 
 from torch import nn
+
+from quantlab.quant.layers import FLOAT_BITS
 
 
 def weight_bits(module: nn.Module) -> int | None:
@@ -32,10 +34,11 @@ def size_report(model: nn.Module) -> dict:
                 continue
             seen.add(id(p))
             quantized = bits_w is not None and pname == getattr(module, "weight_name", "weight")
-            bits = bits_w if quantized else 32
+            bits = bits_w if quantized else FLOAT_BITS
             layer_bits += p.numel() * bits
-            layer_float += p.numel() * 32
-        rows.append({"layer": name, "bits": bits_w or 32, "bytes": layer_bits / 8, "float_bytes": layer_float / 8})
+            layer_float += p.numel() * FLOAT_BITS
+        rows.append({"layer": name, "bits": bits_w or FLOAT_BITS, "bytes": layer_bits / 8,
+                     "float_bytes": layer_float / 8})
         total_bits += layer_bits
         float_bits += layer_float
     return {"layers": rows, "bytes": total_bits / 8, "float_bytes": float_bits / 8,

@@ -1,59 +1,84 @@
 """MQAT candidate runs as child experiments: quantize modules stage by stage, fine-tune,
-evaluate. Each stage is a full data-parallel Trainer run over all Horovod ranks, started
-from the previous stage's checkpoint (the float checkpoint for the first), so a stage's
-quantized layers carry over and a finished stage is never trained again.
+evaluate. Each stage is a full data-parallel training over all Horovod ranks, started from
+the previous stage's checkpoint (the float checkpoint for the first), so a stage's
+quantized layers carry over and a finished stage is never trained again. Finished
+candidates are kept in a ledger, keyed canonically, so an interrupted search resumes.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from quantlab.engine import distributed as dist
-from quantlab.engine.children import fit_child
 from quantlab.engine.config import child_config
-from quantlab.engine.logbook import Logbook
-from quantlab.engine.task import Task
-from quantlab.mqat.ledger import candidate_key
-from quantlab.mqat.search import FLOAT
+from quantlab.engine.context import RunContext
+from quantlab.engine.runs import evaluate_child, fit_child
+from quantlab.mqat.search import Run
+from quantlab.quant.editing import layer_rules
+from quantlab.quant.layers import FLOAT_BITS
+from quantlab.records import Ledger
 
-SIGN = "symmetric"  # the 1-bit sign code, for bits below what INQ and LSQ take
 FINETUNE = "finetune"  # the tag of a run that quantizes nothing: float fine-tuning alone
+
+
+def candidate_key(bits: dict[str, int], order: list[str] | None, algorithm: str | None = None) -> str:
+    """E.g. 'backbone=32,fpn=2,head=32|fpn>head>backbone' (order part empty when unordered);
+    runs with another algorithm than MQAT's own (the uniform baselines) are prefixed 'lsq:'."""
+    part = ",".join(f"{m}={bits[m]}" for m in sorted(bits))
+    return f"{algorithm + ':' if algorithm else ''}{part}|{'>'.join(order or [])}"
+
+
+def cached(ledger: Ledger, run: Run, algorithm: str | None = None) -> Run:
+    """`run` that answers finished candidates from the ledger and records new ones."""
+    def wrapped(bits: dict[str, int], order: list[str] | None) -> dict[str, Any]:
+        key = candidate_key(bits, order, algorithm)
+        if key not in ledger:
+            ledger.record(key, {"bits": bits, "order": order, **run(bits, order)})
+        return ledger.entries[key]
+    return wrapped
+
+
+def float_metric(ctx: RunContext, ledger: Ledger) -> float:
+    """The float start's metric on the evaluation split (recorded like a candidate)."""
+    def evaluate(bits: dict[str, int], order: list[str] | None) -> dict:
+        metrics = evaluate_child(ctx.child("float"), ctx.start, [], "float")
+        return {"metric": metrics[ctx.task.best_metric], "metrics": metrics}
+    return cached(ledger, evaluate)({m: FLOAT_BITS for m in ctx.task.groups}, None)["metric"]
 
 
 class StagedRuns:
     """`run(bits, order)` for the searches of quantlab.mqat.search; `algorithm` and
     `epochs` default to `mqat.algorithm` and `mqat.stage_epochs` (baselines change them)."""
 
-    def __init__(self, task: Task, cfg: dict, world: dist.World, logbook: Logbook,
-                 device: torch.device, init: Path, algorithm: str | None = None, epochs: int | None = None) -> None:
-        self.task, self.cfg, self.world, self.logbook, self.device, self.init = task, cfg, world, logbook, device, init
-        self.modules = list(task.groups)
+    def __init__(self, ctx: RunContext, algorithm: str | None = None, epochs: int | None = None) -> None:
+        self.ctx = ctx
+        self.modules = list(ctx.task.groups)
         self.algorithm = algorithm
-        self.epochs = epochs or cfg["mqat"]["stage_epochs"]
+        self.epochs = epochs or ctx.cfg["mqat"]["stage_epochs"]
 
     def stage_config(self, modules: list[str], bits: dict[str, int], source: Path) -> dict:
-        algorithm = self.algorithm or self.cfg["mqat"]["algorithm"]
-        rules = [{"modules": m, "algorithm": SIGN if bits[m] == 1 else algorithm, "bits": bits[m]} for m in modules]
-        return child_config(self.cfg, str(source), rules, self.epochs)
+        rules = layer_rules({m: bits[m] for m in modules}, self.algorithm or self.ctx.cfg["mqat"]["algorithm"])
+        return child_config(self.ctx.cfg, str(source), rules, self.epochs)
 
     def stages(self, bits: dict[str, int], order: list[str] | None) -> list[list[str]]:
         """One stage per module in the flow `order`; without an order, one stage for all
         (with no module quantized: one float fine-tuning stage)."""
         if order is None:
-            return [[m for m in self.modules if bits[m] != FLOAT]]
-        return [[m] for m in order if bits[m] != FLOAT]
+            return [[m for m in self.modules if bits[m] != FLOAT_BITS]]
+        return [[m] for m in order if bits[m] != FLOAT_BITS]
 
     def __call__(self, bits: dict[str, int], order: list[str] | None) -> dict[str, Any]:
         key = candidate_key(bits, order, self.algorithm)
         name = key.replace("|", "__").replace(">", "-").replace(",", "_").replace("=", "").replace(":", "_")
-        source, metrics, child = self.init, None, None
+        source, metrics, child = self.ctx.start, None, None
         for index, modules in enumerate(self.stages(bits, order), start=1):
-            child = self.logbook.child(f"{name}/stage{index}")
-            metrics = fit_child(self.task, self.stage_config(modules, bits, source), self.world, child,
-                                self.device, source)
-            source = child.saves / "last.pt"
+            child = self.ctx.child(f"{name}/stage{index}", self.stage_config(modules, bits, source))
+            metrics = fit_child(child, source)
+            source = child.logbook.saves / "last.pt"
         if child is None:
             raise ValueError(f"candidate {bits} in flow {order} has no stage")
-        return {"metric": metrics[self.task.best_metric], "metrics": metrics, "experiment": str(child.root)}
+        return {"metric": metrics[self.ctx.task.best_metric], "metrics": metrics, "experiment": str(child.logbook.root)}
+
+
+def staged(ctx: RunContext, ledger: Ledger, algorithm: str | None = None, epochs: int | None = None) -> Run:
+    """The ledger-cached staged runs of `algorithm` (None: MQAT's own)."""
+    return cached(ledger, StagedRuns(ctx, algorithm, epochs), algorithm)

@@ -1,9 +1,9 @@
 """MQAT's searches over modules: the sensitivity cube, the quantization flow, the bit search.
 
-All of them drive a `run(bits, order)` callback that quantizes the modules with bits < 32
-(in `order` when given, one stage each), fine-tunes, evaluates and returns a dict with the
-target `metric` (higher is better). FLOAT (32) means a module stays float. What `run`
-costs is a full QAT candidate, so every search here says how many runs it needs.
+All of them drive a `run(bits, order)` callback that quantizes the modules with bits below
+FLOAT_BITS (in `order` when given, one stage each), fine-tunes, evaluates and returns a
+dict with the target `metric` (higher is better); FLOAT_BITS means a module stays float.
+What `run` costs is a full QAT candidate, so every search here says how many runs it needs.
 """
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
-FLOAT = 32
+from quantlab.quant.layers import FLOAT_BITS
+
 Run = Callable[[dict[str, int], "list[str] | None"], dict[str, Any]]
 
 
 @dataclass
-class Sensitivity:
+class Cube:
     float_metric: float
     cube: list[dict[str, Any]]          # one row per non-empty subset: bits, metric, delta
     singles: dict[str, float]           # metric change of each module quantized alone
@@ -28,21 +29,21 @@ def subsets(modules: list[str]) -> list[tuple[str, ...]]:
     return [c for k in range(1, len(modules) + 1) for c in itertools.combinations(modules, k)]
 
 
-def sensitivity(modules: list[str], float_metric: float, run: Run, probe_bits: int = 2) -> Sensitivity:
+def module_cube(modules: list[str], float_metric: float, run: Run, probe_bits: int = 2) -> Cube:
     """Quantize every subset of modules at `probe_bits` (the rest float), fine-tune, evaluate;
     rank single modules by the change of the metric (largest gain / smallest loss first)."""
     cube = []
     for subset in subsets(modules):
-        bits = {m: probe_bits if m in subset else FLOAT for m in modules}
+        bits = {m: probe_bits if m in subset else FLOAT_BITS for m in modules}
         metric = run(bits, None)["metric"]
         cube.append({"bits": bits, "metric": metric, "delta": metric - float_metric})
     singles = {}
     for row in cube:
-        quantized = [m for m, b in row["bits"].items() if b != FLOAT]
+        quantized = [m for m, b in row["bits"].items() if b != FLOAT_BITS]
         if len(quantized) == 1:
             singles[quantized[0]] = row["delta"]
     ranking = sorted(modules, key=lambda m: (-singles[m], modules.index(m)))
-    return Sensitivity(float_metric, cube, singles, ranking)
+    return Cube(float_metric, cube, singles, ranking)
 
 
 def exhaustive_flow(modules: list[str], run: Run, probe_bits: int = 2) -> tuple[list[str], list[dict]]:
@@ -57,18 +58,18 @@ def exhaustive_flow(modules: list[str], run: Run, probe_bits: int = 2) -> tuple[
 
 def model_size(bits: dict[str, int], weights: dict[str, int], rest: int) -> float:
     """Bits of storage: each module's weight count at its bits, everything else float."""
-    return sum(weights[m] * bits[m] for m in bits) + rest * FLOAT
+    return sum(weights[m] * bits[m] for m in bits) + rest * FLOAT_BITS
 
 
 @dataclass
 class BitPlan:
-    candidates: list[dict[str, int]]
+    assignments: list[dict[str, int]]
     full_grid: int
     fixed: dict[str, int]               # modules the sensitivity pinned to the lowest bits
 
 
 def plan_bits(modules: list[str], grid: list[int], weights: dict[str, int], rest: int,
-              min_compression: float, sens: Sensitivity | None = None, tolerance: float = 0.0) -> BitPlan:
+              min_compression: float, cube: Cube | None = None, tolerance: float = 0.0) -> BitPlan:
     """Candidate bit assignments worth a QAT run under a compression budget.
 
     Pruning, both from how quantization behaves: (1) a module whose single-module probe
@@ -78,12 +79,12 @@ def plan_bits(modules: list[str], grid: list[int], weights: dict[str, int], rest
     """
     grid = sorted(grid)
     fixed = {}
-    if sens is not None:
-        fixed = {m: grid[0] for m in modules if sens.singles[m] >= -tolerance}
-    float_size = model_size({m: FLOAT for m in modules}, weights, rest)
+    if cube is not None:
+        fixed = {m: grid[0] for m in modules if cube.singles[m] >= -tolerance}
+    float_size = model_size({m: FLOAT_BITS for m in modules}, weights, rest)
     budget = float_size / min_compression
     free = [m for m in modules if m not in fixed]
-    candidates = []
+    assignments = []
     for combo in itertools.product(grid, repeat=len(free)):
         bits = {**fixed, **dict(zip(free, combo))}
         if model_size(bits, weights, rest) > budget:
@@ -97,14 +98,12 @@ def plan_bits(modules: list[str], grid: list[int], weights: dict[str, int], rest
                     maximal = False
                     break
         if maximal:
-            candidates.append({m: bits[m] for m in modules})
-    return BitPlan(candidates, len(grid) ** len(modules), fixed)
+            assignments.append({m: bits[m] for m in modules})
+    return BitPlan(assignments, len(grid) ** len(modules), fixed)
 
 
 def bit_search(plan: BitPlan, order: list[str], run: Run) -> tuple[dict[str, int], list[dict]]:
-    """Run every planned candidate in the flow `order`: (best bits, evidence)."""
-    if not plan.candidates:
-        raise ValueError("no bit assignment on the grid meets the compression budget")
-    evidence = [{"bits": bits, "metric": run(bits, order)["metric"]} for bits in plan.candidates]
+    """Run every planned assignment in the flow `order`: (best bits, evidence)."""
+    evidence = [{"bits": bits, "metric": run(bits, order)["metric"]} for bits in plan.assignments]
     best = max(evidence, key=lambda e: e["metric"])
     return best["bits"], evidence

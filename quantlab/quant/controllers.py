@@ -18,10 +18,9 @@ class INQController:
     frozen entry is never pushed again and the rest restart cleanly after each INQ step."""
 
     def __init__(self, model: nn.Module, schedule: dict[int, float]) -> None:
+        """`schedule`: {epoch: fraction frozen}, as quantlab.quant.qat.inq_schedule checks it."""
         self.layers = [m for m in model.modules() if isinstance(getattr(m, "wq", None), INQWeight)]
-        self.schedule = {int(e): float(f) for e, f in schedule.items()}
-        if any(not 0 < f <= 1 for f in self.schedule.values()):
-            raise ValueError(f"INQ schedule fractions must lie in (0, 1]: {self.schedule}")
+        self.schedule = dict(schedule)
         self.fraction = 0.0
 
     def on_epoch_start(self, epoch: int) -> None:

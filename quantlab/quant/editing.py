@@ -1,8 +1,9 @@
 """Apply a quantization recipe to a float model by module-name patterns.
 
-A recipe is a list of rules; each names modules by a group (declared by the topology's
-quantize.py, e.g. `backbone`, `fpn`, `head`) or by a regex matched in full against the
-qualified module name, and gives the algorithm, bits and options. Rules apply in order (a
+A recipe is a list of rules; each names modules by a pattern name (declared by the
+topology's quantize.py: the MQAT modules, e.g. `backbone`, `fpn`, `head`, and named sets
+such as `first_last`) or by a regex matched in full against the qualified module name,
+and gives the algorithm, bits and options. Rules apply in order (a
 later rule overrides an earlier one for the layers it matches); `exclude` patterns are
 never quantized. Conv2d, Linear and MultiheadAttention layers (both projections) are
 replaced; their float weights are kept.
@@ -15,12 +16,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from quantlab.engine.errors import ConfigError
+from quantlab.errors import ConfigError
 from quantlab.quant.layers import (INQWeight, LSQActivation, LSQWeight, QuantConv2d, QuantLinear,
                                    QuantMultiheadAttention, STEActivation, SymmetricWeight)
 
 ALGORITHMS = ("symmetric", "lsq", "inq")
 ACTIVATIONS = ("ste", "lsq")
+#: the one 1-bit code, sign(W) x mean|W|, whatever the algorithm asked for (INQ and LSQ
+#: start at 2 bits)
+ONE_BIT = "symmetric"
 
 
 @dataclass
@@ -50,9 +54,24 @@ class Rule:
         return rule
 
 
-def pattern_of(name: str, groups: dict[str, str]) -> re.Pattern:
+def algorithm_for(algorithm: str, bits: int) -> str:
+    """The algorithm that quantizes at `bits`: `algorithm`, or the sign code at 1 bit."""
+    return ONE_BIT if bits == 1 else algorithm
+
+
+def layer_rules(bits: dict[str, int], algorithm: str) -> list[dict]:
+    """A recipe of one rule per layer or module name, each matched by exactly that name
+    (escaped: a module name such as `fpn` stays itself and still names its pattern)."""
+    return [{"modules": re.escape(name), "algorithm": algorithm_for(algorithm, b), "bits": b}
+            for name, b in bits.items()]
+
+
+def pattern_of(name: str, patterns: dict[str, str | list[str]]) -> re.Pattern:
+    """The regex a rule or exclusion names: a pattern name of the topology (a regex or a
+    list of them) or the regex itself."""
+    spec = patterns.get(name, name)
     try:
-        return re.compile(groups.get(name, name))
+        return re.compile(spec if isinstance(spec, str) else "|".join(f"(?:{p})" for p in spec))
     except re.error as exc:
         raise ConfigError(f"recipe pattern {name!r} is not a valid regex ({exc})")
 
@@ -65,18 +84,19 @@ def quantizable(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if type(m) in QUANTIZABLE}
 
 
-def candidates(model: nn.Module, exclude: list[str], groups: dict[str, str]) -> dict[str, nn.Module]:
-    """Quantizable layers outside the `quantize.exclude` patterns (module names allowed)."""
-    excluded = [pattern_of(p, groups) for p in exclude]
-    return {n: m for n, m in quantizable(model).items() if not any(p.fullmatch(n) for p in excluded)}
-
-
 def weight_tensors(layer: nn.Module) -> list[torch.Tensor]:
     """The weights a layer's quantizers act on: an attention layer's packed input
     projection and its output projection, else the one weight."""
     if isinstance(layer, nn.MultiheadAttention):
         return [layer.in_proj_weight, layer.out_proj.weight]
     return [layer.weight]
+
+
+def quantizable_weights(model: nn.Module, exclude: list[str], patterns: dict) -> dict[str, list[torch.Tensor]]:
+    """The weight tensors of every quantizable layer outside the `quantize.exclude`
+    patterns, by layer: what a bit allocation or a module's size counts."""
+    excluded = [pattern_of(p, patterns) for p in exclude]
+    return {n: weight_tensors(m) for n, m in quantizable(model).items() if not any(p.fullmatch(n) for p in excluded)}
 
 
 def weight_quantizer(weight: nn.Parameter, rule: Rule) -> nn.Module:
@@ -100,14 +120,13 @@ def build_layer(layer: nn.Module, rule: Rule) -> nn.Module:
     return cls.from_float(layer, weight_quantizer(layer.weight, rule), aq)
 
 
-def apply_recipe(model: nn.Module, rules: list[Rule], groups: dict[str, str],
-                 exclude: list[str] = ()) -> list[dict]:
+def apply_recipe(model: nn.Module, rules: list[Rule], patterns: dict, exclude: list[str] = ()) -> list[dict]:
     """Replace the matched layers in place; return one report row per quantized layer."""
     layers = quantizable(model)
-    excluded = [pattern_of(p, groups) for p in exclude]
+    excluded = [pattern_of(p, patterns) for p in exclude]
     chosen: dict[str, Rule] = {}
     for rule in rules:
-        pattern = pattern_of(rule.modules, groups)
+        pattern = pattern_of(rule.modules, patterns)
         hits = [n for n in layers if pattern.fullmatch(n)]
         if not hits:
             raise ConfigError(f"recipe pattern {rule.modules!r} matches no Conv2d/Linear/"

@@ -1,9 +1,10 @@
 """Integer export: quantized weights as bit-packed integer codes plus scales.
 
 The file (`torch.save`, loadable with weights_only=True) holds, for every quantized
-layer, its weight's codes packed at the layer's bit-width, the scale(s) that turn codes
-into values (INQ: s / half, so value = level index x s / half), and the rest of the state
-(biases, norms, activation ranges, LSQ steps) as float tensors. Loading it into the same
+layer, the level indices of its weight on its grid packed at the layer's bit-width, the
+grid (lowest code, code step, scale(s): value = (low + step x index) x scale; INQ: scale
+s / half), and the rest of the state (biases, norms, activation ranges, LSQ steps) as
+float tensors. Loading it into the same
 quantized architecture gives a fake-quant model with the exported model's outputs.
 """
 from __future__ import annotations
@@ -14,39 +15,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from quantlab.engine.checkpoint import save_atomic
-from quantlab.engine.errors import CheckpointError
-from quantlab.quant.layers import INQWeight, SymmetricWeight, _Quantized
+from quantlab.errors import CheckpointError
+from quantlab.files import write_atomic
+from quantlab.quant.layers import Grid, INQWeight, _Quantized
 
 FORMAT = "quantlab-int/1"
 
 
-def pack(codes: torch.Tensor, bits: int, low: int) -> torch.Tensor:
-    """Codes in [low, low + 2^bits) as a uint8 stream of `bits` bits each (MSB first)."""
-    unsigned = (codes.flatten().cpu().numpy().astype(np.int64) - low).astype(np.uint8)
-    if bits == 1:
-        unsigned = unsigned // 2  # sign code: -1 / +1 -> 0 / 1
+def pack(index: torch.Tensor, bits: int) -> torch.Tensor:
+    """Level indices in [0, 2^bits) as a uint8 stream of `bits` bits each (MSB first)."""
+    unsigned = index.flatten().cpu().numpy().astype(np.uint8)
     planes = np.unpackbits(unsigned[:, None], axis=1)[:, 8 - bits:]
     return torch.from_numpy(np.packbits(planes.reshape(-1)))
 
 
-def unpack(packed: torch.Tensor, bits: int, low: int, count: int) -> torch.Tensor:
+def unpack(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     planes = np.unpackbits(packed.numpy())[: count * bits].reshape(count, bits)
     full = np.concatenate([np.zeros((count, 8 - bits), np.uint8), planes], axis=1)
-    return torch.from_numpy(np.packbits(full, axis=1).reshape(-1).astype(np.int64) + low)
+    return torch.from_numpy(np.packbits(full, axis=1).reshape(-1).astype(np.int64))
 
 
-def encode(layer: _Quantized) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """(integer codes, scale, lowest code, bits) of a quantized layer's weight."""
+def encode(layer: _Quantized) -> tuple[torch.Tensor, Grid]:
+    """(level indices, grid) of a quantized layer's weight: the quantizer's own output
+    located on its grid, so the codes are exactly what the forward pass used."""
     weight = layer.float_weight().detach()
-    wq = layer.wq
-    if isinstance(wq, SymmetricWeight) and wq.bits == 1:
-        alpha = weight.abs().mean() if not wq.per_channel else \
-            weight.abs().reshape(weight.shape[0], -1).mean(dim=1)
-        return torch.where(weight >= 0, 1, -1).to(torch.int32), alpha, -1, 1
-    grid = wq.grid(weight)
-    source = wq(weight).detach() if isinstance(wq, INQWeight) else weight  # INQ: the frozen levels
-    return grid.codes(source), grid.scale, grid.low, wq.bits
+    grid = layer.wq.grid(weight)
+    return grid.index(layer.wq(weight).detach()), grid
 
 
 def _key(name: str, leaf: str) -> str:
@@ -64,26 +58,25 @@ def export_integer(model: nn.Module, path: Path, recipe: list[dict]) -> int:
     layers = {}
     for name, layer in quantized_layers(model).items():
         try:
-            codes, scale, low, bits = encode(layer)
+            index, grid = encode(layer)
         except ValueError as exc:
             raise CheckpointError(f"{name}: cannot export ({exc})") from None
         key = _key(name, layer.weight_name)
-        layers[key] = {"codes": pack(codes, bits, low), "shape": list(codes.shape), "bits": bits,
-                       "low": low, "scale": scale.detach().float().cpu().reshape(-1)}
+        layers[key] = {"codes": pack(index, layer.wq.bits), "shape": list(index.shape), "bits": layer.wq.bits,
+                       "low": grid.low, "step": grid.step, "scale": grid.scale.detach().float().cpu().reshape(-1).tolist()}
         del state[key]
         state.pop(_key(name, "wq.weight_frozen"), None)  # the codes carry it
     rest = {k: v.detach().cpu() for k, v in state.items()}
-    save_atomic({"format": FORMAT, "recipe": recipe, "layers": layers, "state": rest}, path)
+    file = {"format": FORMAT, "recipe": recipe, "layers": layers, "state": rest}
+    write_atomic(path, lambda fh: torch.save(file, fh))
     return path.stat().st_size
 
 
 def dequantize(entry: dict) -> torch.Tensor:
     count = int(np.prod(entry["shape"]))
-    codes = unpack(entry["codes"], entry["bits"], entry["low"], count)
-    if entry["bits"] == 1:
-        codes = codes * 2 + 1  # the sign code stores -1 / +1 as 0 / 1
-    codes = codes.reshape(entry["shape"]).float()
-    scale = entry["scale"]
+    index = unpack(entry["codes"], entry["bits"], count)
+    codes = (entry["low"] + entry["step"] * index).reshape(entry["shape"]).float()
+    scale = torch.tensor(entry["scale"])
     if scale.numel() > 1:
         scale = scale.reshape(-1, *[1] * (codes.dim() - 1))
     return codes * scale

@@ -15,20 +15,34 @@ from torch.nn import functional as F
 
 from quantlab.quant import quantizers as Q
 
+#: the bits an unquantized weight or activation counts in sizes and BOPs, and how a bit
+#: plan writes a module left in float
+FLOAT_BITS = 32
+
 
 @dataclass
 class Grid:
-    """The uniform integer grid a quantizer maps onto: value = code x scale, with codes in
-    [low, high]; `scale` broadcasts against the tensor (per output channel on `axis` 0,
-    or one value for the whole tensor when `axis` is None). Export and ONNX use it."""
+    """The integer grid a quantizer maps onto: value = code x scale, codes from `low` to
+    `high` every `step` (1 for linear grids; 2 for the sign code {-1, +1}, which has no
+    zero); `scale` broadcasts against the tensor (per output channel on `axis` 0, or one
+    value for the whole tensor when `axis` is None). Export and ONNX use it."""
 
     scale: torch.Tensor
     low: int
     high: int
     axis: int | None
+    step: int = 1
 
-    def codes(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(torch.round(x / self.scale), self.low, self.high).to(torch.int32)
+    @property
+    def levels(self) -> int:
+        return (self.high - self.low) // self.step + 1
+
+    def index(self, values: torch.Tensor) -> torch.Tensor:
+        """The level index (0 .. levels - 1) of values on the grid, e.g. a quantizer's output."""
+        return torch.clamp(torch.round((values / self.scale - self.low) / self.step), 0, self.levels - 1).to(torch.int32)
+
+    def codes(self, values: torch.Tensor) -> torch.Tensor:
+        return self.low + self.step * self.index(values)
 
 
 class SymmetricWeight(nn.Module):
@@ -47,7 +61,7 @@ class SymmetricWeight(nn.Module):
 
     def grid(self, w: torch.Tensor) -> Grid:
         if self.bits == 1:
-            raise ValueError("the 1-bit sign code is not a uniform grid")
+            return Grid(Q.sign_scale(w.detach(), self.per_channel), -1, 1, 0 if self.per_channel else None, step=2)
         q = Q.signed_levels(self.bits)
         scale = Q.max_abs(w.detach(), self.per_channel).clamp_min(torch.finfo(w.dtype).tiny) / q
         return Grid(scale, -q, q, 0 if self.per_channel else None)

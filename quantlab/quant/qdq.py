@@ -4,8 +4,8 @@ On a copy of the model every weight quantizer is replaced by its quantized weigh
 as a constant and passed through a Q/DQ pair on the layer's integer grid (per tensor or
 per output channel), and every activation quantizer by a Clip to its range followed by a
 Q/DQ pair (int8 for signed grids, uint8 for unsigned ones; grids narrower than 8 bits
-clip to their own range first). The 1-bit sign code is no zero-centred uniform grid: its
-layers export their +-alpha weights as plain constants.
+clip to their own range first). A grid whose codes skip values (the 1-bit sign code,
++-1 x alpha) goes through the same pair: its constant weights lie exactly on codes.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from quantlab.files import write_atomic
-from quantlab.quant.layers import Grid, SymmetricWeight, _CalibratedActivation, _Quantized
+from quantlab.quant.layers import Grid, _CalibratedActivation, _Quantized
 
 OPSET = 17
 
@@ -38,13 +38,13 @@ def fake_quant(x: torch.Tensor, grid: Grid) -> torch.Tensor:
 class _QDQWeight(nn.Module):
     """The layer's quantized weight as a constant, through a Q/DQ pair."""
 
-    def __init__(self, quantized: torch.Tensor, grid: Grid | None) -> None:
+    def __init__(self, quantized: torch.Tensor, grid: Grid) -> None:
         super().__init__()
         self.register_buffer("quantized", quantized.detach().clone())
         self.grid = grid
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return self.quantized if self.grid is None else fake_quant(self.quantized, self.grid)
+        return fake_quant(self.quantized, self.grid)
 
 
 class _QDQActivation(nn.Module):
@@ -61,11 +61,8 @@ def qdq_model(model: nn.Module) -> nn.Module:
     probe = copy.deepcopy(model).eval()
     for layer in [m for m in probe.modules() if isinstance(m, _Quantized)]:
         weight = layer.float_weight().detach()
-        sign = isinstance(layer.wq, SymmetricWeight) and layer.wq.bits == 1
-        grid = None if sign else layer.wq.grid(weight)
-        quantized = layer.wq(weight).detach() if grid is None else grid.codes(
-            layer.wq(weight).detach()) * grid.scale
-        layer.wq = _QDQWeight(quantized, grid)
+        grid = layer.wq.grid(weight)
+        layer.wq = _QDQWeight(grid.codes(layer.wq(weight).detach()) * grid.scale, grid)
         if isinstance(layer.aq, _CalibratedActivation):
             if bool(layer.aq.calibrating):
                 raise ValueError("activation quantizers must be calibrated before ONNX export")

@@ -41,12 +41,17 @@ def symmetric_linear(w: torch.Tensor, bits: int, per_channel: bool = False) -> t
     return round_ste(w / scale) * scale
 
 
-def sign_binary(w: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
-    """1 bit: sign(W) times mean|W| (the L2-optimal scale for a sign code), straight-through."""
+def sign_scale(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """mean|W| per tensor, or per output channel shaped to broadcast: the L2-optimal scale
+    of a sign code."""
     if per_channel:
-        alpha = w.abs().reshape(w.shape[0], -1).mean(dim=1).reshape(-1, *([1] * (w.dim() - 1)))
-    else:
-        alpha = w.abs().mean()
+        return w.abs().reshape(w.shape[0], -1).mean(dim=1).reshape(-1, *([1] * (w.dim() - 1)))
+    return w.abs().mean()
+
+
+def sign_binary(w: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
+    """1 bit: sign(W) times mean|W|, straight-through."""
+    alpha = sign_scale(w, per_channel)
     binary = torch.where(w >= 0, torch.ones_like(w), -torch.ones_like(w)) * alpha
     return w + (binary - w).detach()
 

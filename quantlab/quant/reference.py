@@ -14,7 +14,7 @@ import re
 import torch
 from torch import nn
 
-from quantlab.engine.errors import CheckpointError
+from quantlab.errors import CheckpointError
 from quantlab.quant.editing import Rule, apply_recipe
 from quantlab.quant.layers import INQWeight, _Quantized
 

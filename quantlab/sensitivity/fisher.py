@@ -25,16 +25,3 @@ def fisher_traces(weights: dict[str, torch.Tensor], sample_losses: Iterable[Call
     if count == 0:
         raise ValueError("fisher_traces got no sample")
     return {n: t / count for n, t in totals.items()}
-
-
-def trainable_weights(model: torch.nn.Module) -> list[torch.Tensor]:
-    """The weight matrices and kernels the regularizer covers: trainable, at least 2-D
-    (biases and norm scales carry no quantization error)."""
-    return [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
-
-
-def fisher_penalty(weights: list[torch.Tensor], loss: torch.Tensor) -> torch.Tensor:
-    """Tr(F) of `loss` estimated from its squared gradients, differentiable (for the
-    Fisher-trace regularizer: lambda x this is added to the training loss)."""
-    grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
-    return sum((g ** 2).sum() for g in grads if g is not None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import torch
-from torch import nn
 
 
 def rademacher(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -48,8 +47,3 @@ def hutchinson_traces(weights: dict[str, torch.Tensor], loss_batches: Iterable[C
     if count == 0:
         raise ValueError("hutchinson_traces got no batch")
     return {n: t / count for n, t in totals.items()}
-
-
-def layer_weights(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
-    """The weight tensor of each named Conv/Linear layer."""
-    return {n: model.get_submodule(n).weight for n in names}

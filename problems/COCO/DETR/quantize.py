@@ -1,7 +1,8 @@
-"""DETR's modules by name pattern; the editing itself is generic (quantlab.quant)."""
+"""DETR's quantization names; the editing itself is generic (quantlab.quant)."""
 
 #: the groups of papers.md B and C: backbone, encoder (with the input projection),
-#: decoder, and the class / box heads
+#: decoder, and the class / box heads (the final FFN layers, which stay float in
+#: papers.md C: quantizing them collapses PTQ; `quantize.exclude: [heads]`)
 GROUPS = {
     "backbone": r"backbone\..*",
     "encoder": r"input_proj|transformer\.encoder\..*",
@@ -9,5 +10,5 @@ GROUPS = {
     "heads": r"(class_embed|bbox_embed)(\..*)?",
 }
 
-#: the final class and box FFN layers, which stay float (quantizing them collapses PTQ)
-HEADS = [r"class_embed", r"bbox_embed\.layers\.\d+"]
+#: named layer sets a recipe or `quantize.exclude` may use
+SETS: dict[str, list[str]] = {}

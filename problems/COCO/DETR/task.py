@@ -8,17 +8,25 @@ import yaml
 
 from problems.COCO import evaluation
 from problems.COCO.dataset import CocoDetection, annotation_file, collate, load_coco
+from problems.COCO.DETR.critical import fold_labels, fold_logits
+from problems.COCO.DETR.distillation import distillation_loss
 from problems.COCO.DETR.loss import SetCriterion
 from problems.COCO.DETR.network import DETR
 from problems.COCO.DETR.postprocess import detections
-from problems.COCO.DETR.quantize import GROUPS
+from problems.COCO.DETR.quantize import GROUPS, SETS
+from problems.COCO.DETR.tables import TABLES
 from problems.COCO.generator import generate
 from quantlab.engine.checkpoint import load_matching
-from quantlab.engine.errors import ConfigError
-from quantlab.sensitivity.critical import fold_labels, fold_logits
-from quantlab.engine.task import Batch, Task
+from quantlab.engine.synthetic import prepare_synthetic
+from quantlab.engine.task import Across, Batch, Task
+from quantlab.errors import ConfigError
 
 SPLITS = {"train": "train", "test": "val", "val": "val"}
+
+
+def num_boxes(targets: list[dict], across: Across | None) -> float:
+    """What the box terms are normalised by: this rank's target boxes, at least 1."""
+    return max(1.0, float(sum(len(t["labels"]) for t in targets)))
 
 
 class SeededCoco(CocoDetection):
@@ -42,6 +50,8 @@ class DETRTask(Task):
     best_metric = "mAP"
     critical_metric = "critical_mAP"
     groups = GROUPS
+    patterns = {**GROUPS, **SETS}
+    tables = TABLES
     published = yaml.safe_load((Path(__file__).with_name("published.yaml")).read_text())
 
     def __init__(self, cfg: dict, data_root: Path) -> None:
@@ -52,8 +62,8 @@ class DETRTask(Task):
         self._critical: SetCriterion | None = None
 
     def prepare_data(self) -> str | None:
-        return self.prepare_synthetic(self.root, annotation_file(self.root, "train"), "COCO",
-                                      generate)
+        return prepare_synthetic(self.cfg["data"]["synthetic"], self.root, annotation_file(self.root, "train"),
+                                 "COCO", generate)
 
     def coco(self, split: str):
         name = SPLITS[split]
@@ -70,7 +80,9 @@ class DETRTask(Task):
     def build_network(self) -> DETR:
         return DETR(**self.cfg["network"])
 
-    def load_weights(self, model: torch.nn.Module, state: dict, source: str) -> list[str]:
+    def load_weights(self, model: torch.nn.Module, state: dict, source: str) -> dict[str, list[str]]:
+        """The official layout: {"model": state_dict} (a training checkpoint adds the
+        optimizer, scheduler, epoch and args, which are not read), or the state_dict."""
         return load_matching(model, state.get("model", state), source)
 
     def forward(self, model: torch.nn.Module, batch: Batch):
@@ -82,19 +94,18 @@ class DETRTask(Task):
     def targets(self, batch: Batch, device: torch.device) -> list[dict]:
         return [{"labels": l.to(device), "boxes": b.to(device)} for l, b in zip(batch["labels"], batch["boxes"])]
 
-    def loss(self, outputs, batch: Batch) -> dict[str, torch.Tensor]:
+    def loss(self, outputs, batch: Batch, across: Across | None = None) -> dict[str, torch.Tensor]:
         if self._criterion is None:
             loss = self.cfg["loss"]
             self._criterion = SetCriterion(self.cfg["network"]["num_classes"], loss["eos_coef"],
                                            {"ce": loss["ce"], "bbox": loss["bbox"], "giou": loss["giou"]})
         device = outputs["pred_logits"].device
         targets = self.targets(batch, device)
-        num_boxes = max(1.0, float(sum(len(t["labels"]) for t in targets)))
-        return self._criterion.to(device)(outputs, targets, num_boxes)
+        return self._criterion.to(device)(outputs, targets, num_boxes(targets, across))
 
     def critical_loss(self, outputs, batch: Batch) -> dict[str, torch.Tensor]:
         """The set loss on folded outputs: critical classes, "other", no-object
-        (quantlab.sensitivity.critical), matched and weighted like the overall loss."""
+        (critical.py), matched and weighted like the overall loss."""
         critical = self.cfg["evaluation"]["critical"]
         if not critical:
             raise ConfigError("config key 'evaluation.critical': the critical objective needs category ids")
@@ -109,8 +120,12 @@ class DETRTask(Task):
         folded = {**fold(outputs), "aux_outputs": [fold(a) for a in outputs.get("aux_outputs", [])]}
         targets = [{"labels": fold_labels(t["labels"], critical, self.cfg["network"]["num_classes"]),
                     "boxes": t["boxes"]} for t in self.targets(batch, device)]
-        num_boxes = max(1.0, float(sum(len(t["labels"]) for t in targets)))
-        return self._critical.to(device)(folded, targets, num_boxes)
+        return self._critical.to(device)(folded, targets, num_boxes(targets, None))
+
+    def distillation_loss(self, student: dict, teacher: dict) -> torch.Tensor:
+        """The output-sensitivity objective (papers.md C) over every decoder layer."""
+        loss = self.cfg["loss"]
+        return distillation_loss(student, teacher, loss["distill_temperature"], loss["distill_kl_weight"])
 
     def balanced_sample(self, count: int, seed: int) -> list[int]:
         """Training images picked round-robin over the categories (each turn, the next

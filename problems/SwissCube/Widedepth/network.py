@@ -169,10 +169,6 @@ class Widedepth(nn.Module):
         return self.head(self.fpn(self.backbone(images)))
 
 
-#: parts of public WDR checkpoints that this network derives or does not use
-PUBLIC_IGNORED_PREFIXES = ("backbone.output.", "anchor_generator.")
-
-
 def unwrap_public_state(state: dict) -> dict:
     """A public WDR file is a raw state_dict or {"model": state_dict}."""
     if "model" in state and isinstance(state["model"], dict):

@@ -35,6 +35,13 @@ class Geometry:
         K = np.asarray(input_cfg["internal_K"], float).reshape(3, 3) * np.array([[size / 512], [size / 512], [1]])
         return cls(size, K, tuple(net_cfg["strides"]), tuple(net_cfg["anchor_sizes"]))
 
+    def anchor_boxes(self) -> list[tuple[float, float, float, float]]:
+        """Each level's base anchor (x1, y1, x2, y2) as the official code builds it (from
+        [1, 1, stride, stride] - 0.5, scaled to the anchor size about its centre) and its
+        checkpoints store it (`anchor_generator.cell_anchors.<level>`)."""
+        return [(s / 2 - (a - 1) / 2,) * 2 + (s / 2 + (a - 1) / 2,) * 2
+                for s, a in zip(self.strides, self.anchor_sizes)]
+
     @cached_property
     def cells(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Centre (x, y), anchor size and level of every cell, levels concatenated row-major."""

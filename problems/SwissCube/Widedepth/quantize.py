@@ -1,4 +1,4 @@
-"""Widedepth's MQAT modules by name pattern; the editing itself is generic (quantlab.quant)."""
+"""Widedepth's quantization names; the editing itself is generic (quantlab.quant)."""
 
 #: the K = 3 modules of MQAT: backbone B, feature aggregation F, head H
 GROUPS = {
@@ -7,5 +7,7 @@ GROUPS = {
     "head": r"head\..*",
 }
 
-#: the first and last layers, which recipes usually leave in float
-FIRST_LAST = [r"backbone\.features\.init_block\.conv", r"head\.(cls_logits|pose_pred)"]
+#: named layer sets a recipe or `quantize.exclude` may use
+SETS = {
+    "first_last": [r"backbone\.features\.init_block\.conv", r"head\.(cls_logits|pose_pred)"],
+}

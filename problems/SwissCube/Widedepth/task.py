@@ -11,14 +11,17 @@ from torch.utils.data import Dataset
 from problems.SwissCube import evaluation
 from problems.SwissCube.dataset import SwissCube
 from problems.SwissCube.generator import SPLIT_FILES, generate
+from problems.SwissCube.tables import DEPTH
 from problems.SwissCube.Widedepth.loss import WDRLoss
-from problems.SwissCube.Widedepth.network import PUBLIC_IGNORED_PREFIXES, Widedepth, unwrap_public_state
+from problems.SwissCube.Widedepth.network import Widedepth, unwrap_public_state
 from problems.SwissCube.Widedepth.postprocess import poses_from_outputs
-from problems.SwissCube.Widedepth.quantize import GROUPS
 from problems.SwissCube.Widedepth.preprocess import (Geometry, augmentation_matrix, normalize, targets,
                                                      warp)
+from problems.SwissCube.Widedepth.quantize import GROUPS, SETS
 from quantlab.engine.checkpoint import load_matching
-from quantlab.engine.task import Batch, Task
+from quantlab.engine.synthetic import prepare_synthetic
+from quantlab.engine.task import Across, Batch, Task
+from quantlab.errors import CheckpointError
 
 
 class WidedepthDataset(Dataset):
@@ -64,8 +67,10 @@ class WidedepthDataset(Dataset):
 class WidedepthTask(Task):
     best_metric = "ADI-0.1d/all"
     groups = GROUPS
+    patterns = {**GROUPS, **SETS}
     reference_prefix = "model."
     published = yaml.safe_load((Path(__file__).with_name("published.yaml")).read_text())
+    tables = (DEPTH,)
 
     def __init__(self, cfg: dict, data_root: Path) -> None:
         super().__init__(cfg, data_root)
@@ -84,8 +89,8 @@ class WidedepthTask(Task):
         return self._data
 
     def prepare_data(self) -> str | None:
-        return self.prepare_synthetic(self.root, self.root / SPLIT_FILES["train"], "SwissCube",
-                                      generate)
+        return prepare_synthetic(self.cfg["data"]["synthetic"], self.root, self.root / SPLIT_FILES["train"],
+                                 "SwissCube", generate)
 
     def dataset(self, split: str, train: bool) -> WidedepthDataset:
         return WidedepthDataset(self.data, split, self.geo, self.cfg, train)
@@ -108,8 +113,20 @@ class WidedepthTask(Task):
         return Widedepth(n["n_classes"], n["width"], n["depth"], n["fpn_channels"], n["head_convs"],
                          n["gn_groups"], n["prior"])
 
-    def load_weights(self, model: torch.nn.Module, state: dict, source: str) -> list[str]:
-        return load_matching(model, unwrap_public_state(state), source, PUBLIC_IGNORED_PREFIXES)
+    def load_weights(self, model: torch.nn.Module, state: dict, source: str) -> dict[str, list[str]]:
+        """A public WDR file: its anchors are re-derived here from network.strides and
+        network.anchor_sizes (and must equal ours), its ImageNet classifier is unused."""
+        state = unwrap_public_state(state)
+        ours = self.geo.anchor_boxes()
+        for level, box in enumerate(ours):
+            theirs = state.get(f"anchor_generator.cell_anchors.{level}")
+            if theirs is not None and not torch.allclose(theirs.reshape(-1).double(), torch.tensor(box, dtype=torch.float64)):
+                raise CheckpointError(f"{source}: anchor_generator.cell_anchors.{level} is "
+                                      f"{theirs.reshape(-1).tolist()}, the config derives {list(box)} "
+                                      "(network.strides, network.anchor_sizes)")
+        return load_matching(model, state, source, {
+            "anchor_generator.": "re-derived from network.strides and network.anchor_sizes",
+            "backbone.output.": "unused (DarkNet's ImageNet classifier)"})
 
     def forward(self, model: torch.nn.Module, batch: Batch):
         return model(batch["image"])
@@ -117,7 +134,8 @@ class WidedepthTask(Task):
     def export_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {"image": batch["image"]}
 
-    def loss(self, outputs, batch: Batch) -> dict[str, torch.Tensor]:
+    def loss(self, outputs, batch: Batch, across: Across | None = None) -> dict[str, torch.Tensor]:
+        """Sums over the batch's cells, as the reference code: nothing to average over ranks."""
         if self._loss is None:
             cfg = self.cfg["loss"]
             self._loss = WDRLoss(self.centres, self.anchors, torch.from_numpy(self.geo.K).float(),

@@ -1,0 +1,48 @@
+"""Evaluation over all ranks: each predicts its shard, rank 0 scores the gathered whole."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from quantlab.engine import distributed as dist
+from quantlab.engine.context import RunContext
+from quantlab.engine.task import to_device
+from quantlab.progress import progress
+
+
+def train_loader(ctx: RunContext) -> tuple[object, DistributedSampler, DataLoader]:
+    """The training split with augmentation, this rank's `DistributedSampler` shard
+    (reshuffled per epoch from the seed), whole batches only."""
+    data = ctx.task.dataset("train", train=True)
+    sampler = DistributedSampler(data, num_replicas=ctx.world.size, rank=ctx.world.rank, shuffle=True,
+                                 seed=ctx.cfg["seed"], drop_last=True)
+    loader = DataLoader(data, batch_size=ctx.cfg["training"]["batch_size"], sampler=sampler,
+                        collate_fn=ctx.task.collate, num_workers=ctx.cfg["engine"]["workers"], drop_last=True)
+    return data, sampler, loader
+
+
+@torch.no_grad()
+def evaluate(ctx: RunContext, model: torch.nn.Module, split: str, tag: str, quiet: bool = False) -> dict[str, float]:
+    """Predict on this rank's shard, gather every rank's predictions, score on rank 0
+    (`eval/<tag>/metrics.json` and the task's report), and return the metrics everywhere.
+    Batches are consecutive indices dealt whole to the ranks, so the numbers do not
+    depend on the number of ranks."""
+    task = ctx.task
+    data = task.dataset(split, train=False)
+    batches = dist.shard_batches(len(data), ctx.cfg["evaluation"]["batch_size"], ctx.world)
+    loader = DataLoader(data, batch_sampler=batches, collate_fn=task.collate, num_workers=ctx.cfg["engine"]["workers"])
+    model.eval()
+    predictions: list[dict] = []
+    for batch in progress(loader, desc=f"eval {split}", enabled=ctx.world.is_main):
+        batch = to_device(batch, ctx.device)
+        predictions += task.predict(task.forward(model, batch), batch)
+    gathered = dist.allgather_object(predictions, name=f"eval.{tag}")
+    metrics = None
+    if ctx.world.is_main:
+        merged = sorted((p for part in gathered for p in part), key=lambda p: p["index"])
+        metrics = task.evaluate(merged, data)
+        ctx.logbook.write_metrics(tag, metrics)
+        table = task.report(metrics, ctx.logbook.eval_dir(tag))
+        if not quiet:
+            print(f"\n{split} split, {tag}:\n{table}", flush=True)
+    return dist.broadcast_object(metrics, name=f"eval.metrics.{tag}")

@@ -1,0 +1,92 @@
+"""The run modes, one module per `--mode`, found here by name.
+
+A mode module defines `MODE = Mode(...)`: its command-line name, what it needs before it
+starts (the flags main.py checks: a training split, a float start, an experiment lock),
+the config section it owns (`<section>.yaml` beside the module: defaults and `schema:`),
+the tables it writes, and `run(ctx)`. Adding a method is adding a module and its section
+file; main.py, the trainer and the Task base class do not change.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from quantlab.engine.context import RunContext
+from quantlab.records import TableSpec, save_tables
+
+HERE = Path(__file__).resolve().parent
+#: the engine's and the quantization library's defaults, in the repository's cfg/
+DEFAULTS = HERE.parents[1] / "cfg" / "defaults.yaml"
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    help: str
+    run: Callable[[RunContext], None]
+    #: the config section the mode owns: `<section>.yaml` beside the module
+    section: str | None = None
+    #: the tables it writes from its results (the task may add its own for them)
+    tables: tuple[TableSpec, ...] = ()
+    #: it trains: the training split must give every rank a whole batch
+    trains: bool = False
+    #: its trainings are child runs, with `quantize.child_training` over `training`
+    children: bool = False
+    #: it starts from a float checkpoint (`quantize.init`)
+    needs_start: bool = False
+    #: it writes checkpoints or records into the experiment: one such run at a time
+    writes: bool = True
+    #: a continued run restores the experiment's `last.pt`
+    resumes: bool = False
+    #: it only reads a finished experiment (`--exp_id`): no data, no new folder
+    reads: bool = False
+    #: its command-line options: (flag, argparse keywords); modes may share one
+    options: tuple[tuple[str, dict], ...] = ()
+
+
+def _discover() -> dict[str, Mode]:
+    modes = {}
+    for info in pkgutil.iter_modules([str(HERE)]):
+        mode = getattr(importlib.import_module(f"{__name__}.{info.name}"), "MODE", None)
+        if isinstance(mode, Mode):
+            modes[mode.name] = mode
+    return dict(sorted(modes.items()))
+
+
+#: the mode of a run that names none
+DEFAULT = "train"
+
+
+def options() -> dict[str, dict]:
+    """Every mode's command-line options, by flag (a shared flag is declared alike)."""
+    found: dict[str, dict] = {}
+    for mode in MODES.values():
+        for flag, spec in mode.options:
+            found.setdefault(flag, spec)
+    return found
+
+
+def config_files() -> list[Path]:
+    """The defaults files of a run: the global one, then every mode's section."""
+    return [DEFAULTS, *(HERE / f"{m.section}.yaml" for m in MODES.values() if m.section)]
+
+
+def task_tables(ctx: RunContext, records: str) -> tuple[TableSpec, ...]:
+    """The task's own tables built from the results a mode records under `records/`."""
+    return tuple(t for t in getattr(ctx.task, "tables", ()) if t.mode == records)
+
+
+def publish(ctx: RunContext, specs: tuple[TableSpec, ...] | list[TableSpec]) -> str:
+    """Build the tables from the experiment's records, write them under `tables/` (main
+    rank), print them and return their Markdown."""
+    tables = [spec.build(ctx.logbook.root, ctx.task, ctx.cfg) for spec in specs]
+    markdown = save_tables(ctx.logbook.root, tables, ctx.world.is_main)
+    ctx.say(f"\n{markdown}\n\ntables written to {ctx.logbook.root / 'tables'}")
+    return markdown
+
+
+#: every mode, by name; discovered last, since the mode modules import the names above
+MODES = _discover()

@@ -1,0 +1,106 @@
+"""--mode mqat: modular QAT end to end. The module cube (--mode cube), the flow (by the
+cube's ranking, or every order), the bit plan under `mqat.min_compression`, staged QAT of
+every planned assignment in the flow (the best is the result), the baselines the tables
+compare it with, then the tables. Everything runs as resumable child experiments."""
+from __future__ import annotations
+
+from quantlab.engine.context import RunContext
+from quantlab.errors import ConfigError
+from quantlab.modes import Mode, publish, task_tables
+from quantlab.modes.cube import cube, ledger
+from quantlab.modes.hawq import run_hawq
+from quantlab.mqat.runner import FINETUNE, candidate_key, staged
+from quantlab.mqat.search import bit_search, exhaustive_flow, model_size, plan_bits
+from quantlab.mqat.tables import TABLES
+from quantlab.quant.editing import pattern_of, quantizable_weights
+from quantlab.quant.layers import FLOAT_BITS
+from quantlab.records import Ledger
+
+
+def module_weights(ctx: RunContext) -> tuple[dict[str, int], int]:
+    """Weights each module would quantize (its quantizable layers outside
+    `quantize.exclude`) and the count of every other parameter (kept float)."""
+    model = ctx.task.build_network()
+    layers = quantizable_weights(model, ctx.cfg["quantize"]["exclude"], ctx.task.patterns)
+    counts = {}
+    for module in ctx.task.groups:
+        regex = pattern_of(module, ctx.task.patterns)
+        counts[module] = sum(t.numel() for n, ts in layers.items() if regex.fullmatch(n) for t in ts)
+    return counts, sum(p.numel() for p in model.parameters()) - sum(counts.values())
+
+
+def run(ctx: RunContext) -> None:
+    settings, modules = ctx.cfg["mqat"], list(ctx.task.groups)
+    weights, rest = module_weights(ctx)
+    float_size = model_size({m: FLOAT_BITS for m in modules}, weights, rest)
+    lowest = float_size / model_size({m: min(settings["grid"]) for m in modules}, weights, rest)
+    if lowest < settings["min_compression"]:  # before any run: no assignment of the grid can fit
+        raise ConfigError(f"config key 'mqat.min_compression': {settings['min_compression']:g}x is out of reach "
+                          f"(every module at {min(settings['grid'])} bits of mqat.grid gives {lowest:.2f}x)")
+    done = ledger(ctx)
+    found = cube(ctx, done)
+    run_candidate = staged(ctx, done)
+    if settings["flow"] == "exhaustive":
+        order, flow_evidence = exhaustive_flow(modules, run_candidate, settings["probe_bits"])
+    else:
+        order, flow_evidence = found.ranking, [{"ranking": found.singles}]
+    plan = plan_bits(modules, settings["grid"], weights, rest, settings["min_compression"], found,
+                     settings["tolerance"])
+    ctx.logbook.write_json("mqat/flow.json", {"order": order, "mode": settings["flow"], "evidence": flow_evidence})
+    ctx.logbook.write_json("mqat/bit_plan.json", {"assignments": plan.assignments, "full_grid": plan.full_grid,
+                                                  "fixed": plan.fixed, "weights": weights, "rest": rest})
+    ctx.say(f"flow {' -> '.join(order)}; bit search: {len(plan.assignments)} runs instead of the full grid's "
+            f"{plan.full_grid} (pinned to the lowest bits: {plan.fixed or 'none'})")
+    bits, evidence = bit_search(plan, order, run_candidate)
+    best = done.entries[candidate_key(bits, order)]
+    floats = done.entries[candidate_key({m: FLOAT_BITS for m in modules}, None)]
+    result = {"bits": bits, "order": order, "metric": best["metric"], "metrics": best.get("metrics", {}),
+              "float_metric": found.float_metric, "float_metrics": floats.get("metrics", {}),
+              "compression": float_size / model_size(bits, weights, rest), "experiment": best["experiment"],
+              "candidates": evidence}
+    ctx.logbook.write_json("mqat/result.json", result)
+    ctx.say(f"MQAT: bits {', '.join(f'{m} {b}' for m, b in bits.items())}, flow {' -> '.join(order)}: "
+            f"{ctx.task.best_metric} {result['metric']:.2f} (float {found.float_metric:.2f}) at "
+            f"{result['compression']:.2f}x compression")
+    baselines(ctx, done, weights, rest)
+    publish(ctx, TABLES + task_tables(ctx, "mqat"))
+
+
+def baselines(ctx: RunContext, done: Ledger, weights: dict[str, int], rest: int) -> dict:
+    """What the tables compare MQAT with (`mqat.baselines`), each run once: the float
+    model fine-tuned like a probe (what fine-tuning alone does), one module alone at each
+    ablation bit-width, uniform QAT of every module per algorithm and bits, and HAWQ-V3
+    in the child `hawq`. `mqat/baselines.json`."""
+    settings, modules = ctx.cfg["mqat"]["baselines"], list(ctx.task.groups)
+    float_size = model_size({m: FLOAT_BITS for m in modules}, weights, rest)
+    out: dict = {}
+    module = settings["ablation_module"]
+    if module is not None and settings["ablation_bits"]:
+        if module not in modules:
+            raise ConfigError(f"config key 'mqat.baselines.ablation_module': {module!r} is not one of {modules}")
+        run_candidate = staged(ctx, done)
+        rows = []
+        for b in settings["ablation_bits"]:
+            bits = {m: b if m == module else FLOAT_BITS for m in modules}
+            rows.append({"bits": b, "metric": run_candidate(bits, None)["metric"],
+                         "compression": float_size / model_size(bits, weights, rest)})
+        out["ablation"] = {"module": module, "rows": rows}
+    if settings["float_finetune"]:
+        out["float_finetune"] = staged(ctx, done, FINETUNE)({m: FLOAT_BITS for m in modules}, None)["metric"]
+    epochs = ctx.cfg["mqat"]["stage_epochs"] * len(modules)
+    out["uniform"] = []
+    for algorithm in settings["uniform_algorithms"]:
+        run_uniform = staged(ctx, done, algorithm, epochs)
+        for b in settings["uniform_bits"]:
+            bits = {m: b for m in modules}
+            out["uniform"].append({"algorithm": algorithm, "bits": b, "metric": run_uniform(bits, None)["metric"],
+                                   "compression": float_size / model_size(bits, weights, rest)})
+    if settings["hawq"]:
+        hawq = run_hawq(ctx.child("hawq"))
+        out["hawq"] = {k: hawq[k] for k in ("metric", "compression", "bits", "experiment")}
+    ctx.logbook.write_json("mqat/baselines.json", out)
+    return out
+
+
+MODE = Mode("mqat", "modular QAT: cube, flow, bit search, staged QAT, baselines and the MQAT tables", run,
+            section="mqat", tables=TABLES, trains=True, children=True, needs_start=True)

@@ -1,0 +1,84 @@
+"""What a run records for people and for a resumed run: tables and ledgers.
+
+A `Table` is printed as Markdown and written as Markdown and CSV under `tables/`. A
+`Ledger` is a JSON file of finished results keyed by name, rewritten atomically after each
+one, so a search that is interrupted resumes without redoing what it finished.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from quantlab.files import write_text_atomic
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    header: list[str]
+    rows: list[list[Any]]
+
+    def markdown(self) -> str:
+        cells = [[_cell(v) for v in row] for row in self.rows]
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
+                 "|" + "---|" * len(self.header)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+    def csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(self.header)
+        writer.writerows([["" if v is None else v for v in row] for row in self.rows])
+        return out.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table a mode's results feed: `build(folder, task, cfg)` reads the experiment
+    folder (never recomputes), with the paper's numbers from the task where it has them."""
+    name: str
+    mode: str
+    build: Callable[[Path, Any, dict], Table]
+
+
+def save_tables(folder: Path, tables: list[Table], writer: bool = True) -> str:
+    """Write tables/<name>.{md,csv} (main rank) and return their Markdown."""
+    if writer:
+        for table in tables:
+            write_text_atomic(folder / "tables" / f"{table.name}.md", table.markdown() + "\n")
+            write_text_atomic(folder / "tables" / f"{table.name}.csv", table.csv())
+    return "\n\n".join(t.markdown() for t in tables)
+
+
+def read_json(path: Path) -> dict:
+    """A recorded JSON file, or {} when the run has not written it (yet)."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+class Ledger:
+    """Finished results by key; every rank keeps the entries, one (`writer`) writes."""
+
+    def __init__(self, path: Path, writer: bool = True) -> None:
+        self.path, self.writer = path, writer
+        self.entries: dict[str, dict[str, Any]] = read_json(path)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def record(self, key: str, entry: dict[str, Any]) -> None:
+        self.entries[key] = entry
+        if self.writer:
+            write_text_atomic(self.path, json.dumps(self.entries, indent=2, sort_keys=True))
