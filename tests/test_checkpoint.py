@@ -85,6 +85,26 @@ def test_public_wdr_layout_loads_and_reports_dropped_keys(wrapped):
         task.load_weights(task.build_network(), public, "wdr.pth")
 
 
+def test_cell_centres_are_the_official_anchor_centres():
+    """The keypoint decoding centre of cell (i, j) at stride s is (j s + s/2, i s + s/2),
+    the centre of the official anchor shifted by the cell's offset."""
+    cfg = config("SwissCube/Widedepth", "paper")
+    geo = WidedepthTask(cfg, REPO / "data").geo
+    centres, sizes, levels = geo.cells
+    anchors = official_cell_anchors(cfg["network"]["strides"], cfg["network"]["anchor_sizes"])
+    first = 0
+    for level, (stride, anchor) in enumerate(zip(cfg["network"]["strides"], anchors)):
+        n = -(-cfg["input"]["size"] // stride)
+        x1, y1, x2, y2 = anchor[0].tolist()
+        i, j = n - 1, n // 2  # a cell off the diagonal: last row, middle column
+        index = first + i * n + j
+        assert centres[index].tolist() == [j * stride + (x1 + x2) / 2, i * stride + (y1 + y2) / 2]
+        assert centres[index].tolist() == [j * stride + stride / 2, i * stride + stride / 2]
+        assert sizes[index] == x2 - x1 + 1 == cfg["network"]["anchor_sizes"][level] and levels[index] == level
+        first += n * n
+    assert centres[0].tolist() == [4.0, 4.0]  # stride 8: not the pixel centre 3.5
+
+
 def test_full_size_wdr_key_names_match_the_public_layout():
     keys = Widedepth().state_dict().keys()
     for key in ("backbone.features.init_block.conv.weight", "backbone.features.stage1.unit1.bn.running_var",

@@ -38,7 +38,31 @@ def test_ap_of_a_hand_made_case():
     assert metrics["AP/disc"] == pytest.approx(disc)
     assert metrics["AP/square"] == 0.0 and "AP/unused" not in metrics  # no ground truth: not a category of the mean
     assert metrics["mAP"] == pytest.approx(disc / 2) and metrics["critical_mAP"] == 0.0
+    assert metrics["undefined_categories"] == 0
     assert metrics["APm"] == -1.0  # no medium object: COCOeval's -1
+
+
+def test_a_category_with_only_crowd_ground_truth_has_no_ap_and_stays_out_of_the_means():
+    gt = {"images": [{"id": 1, "width": 100, "height": 100}],
+          "annotations": [
+              {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
+              {"id": 2, "image_id": 1, "category_id": 2, "bbox": [50, 50, 40, 40], "area": 1600, "iscrowd": 1}],
+          "categories": [{"id": 1, "name": "disc"}, {"id": 2, "name": "crowd"}]}
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9},
+            {"image_id": 1, "category_id": 2, "bbox": [50, 50, 40, 40], "score": 0.8}]
+    coco = coco_index(gt)
+    metrics = evaluate(dets, coco, critical=[1, 2])
+    # COCOeval itself: the crowd-only category's precision is all -1 (undefined)
+    from pycocotools.cocoeval import COCOeval
+    import contextlib, io
+    with contextlib.redirect_stdout(io.StringIO()):
+        check = COCOeval(coco, coco.loadRes(dets), "bbox")
+        check.evaluate()
+        check.accumulate()
+    assert (check.eval["precision"][:, :, 1, 0, -1] == -1).all()
+    assert "AP/crowd" not in metrics and metrics["AP/disc"] == pytest.approx(100.0)
+    assert metrics["critical_mAP"] == pytest.approx(100.0)  # over disc alone, not (100 + 0) / 2
+    assert metrics["critical_categories"] == 1 and metrics["undefined_categories"] == 1
 
 
 def test_synthetic_set_reads_back_with_boxes_in_place(tmp_path):
@@ -89,6 +113,56 @@ def test_the_official_detr_r50_layout_loads_strictly():
     state = {k: torch.randn(shape) for k, shape in layout.items()}
     load_matching(model, state, "detr-r50.pth")
     assert torch.equal(model.state_dict()["query_embed.weight"], state["query_embed.weight"])
+
+
+def test_an_official_training_checkpoint_with_its_args_loads_and_other_objects_are_refused(tmp_path):
+    """DETR's main.py saves {model, optimizer, lr_scheduler, epoch, args: argparse.Namespace};
+    weights-only loading accepts that one known class and nothing else."""
+    import argparse
+    from problems.COCO.DETR import build_task
+    from quantlab.engine.checkpoint import read_weights
+    from quantlab.errors import CheckpointError
+    from tests.conftest import config
+    task = build_task(config("COCO/DETR"), tmp_path)
+    source = task.build_network()
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": source.state_dict(), "optimizer": {"state": {}, "param_groups": []},
+                "lr_scheduler": {"step_size": 200}, "epoch": 299,
+                "args": argparse.Namespace(lr=1e-4, backbone="resnet50", dilation=False)}, path)
+    target = task.build_network()
+    assert read_weights(target, path, task) == ([], [])
+    assert all(torch.equal(v, target.state_dict()[k]) for k, v in source.state_dict().items())
+    import fractions
+    torch.save({"model": source.state_dict(), "args": fractions.Fraction(1, 3)}, path)  # any other class
+    with pytest.raises(CheckpointError, match="weights-only"):
+        read_weights(task.build_network(), path, task)
+
+
+def test_box_terms_are_normalised_by_the_box_count_averaged_over_ranks(tmp_path):
+    """DETR's criterion all-reduces the batch's box count and divides by the world size
+    (at least 1): with 1 box here and 3 on the other rank, the box terms are sums / 2."""
+    from problems.COCO.DETR import build_task
+    from tests.conftest import config
+    cfg = config("COCO/DETR")
+    task = build_task(cfg, tmp_path)
+    torch.manual_seed(0)
+    queries, classes = cfg["network"]["queries"], cfg["network"]["num_classes"] + 1
+    outputs = {"pred_logits": torch.randn(1, queries, classes), "pred_boxes": torch.rand(1, queries, 4) * 0.5 + 0.25}
+    batch = {"labels": [torch.tensor([3])], "boxes": [torch.tensor([[0.5, 0.5, 0.2, 0.2]])]}
+    seen = []
+
+    def across(value, name):
+        seen.append(value)
+        return (value + 3.0) / 2
+    averaged = task.loss(outputs, batch, across=across)
+    local = task.loss(outputs, batch)
+    criterion = SetCriterion(cfg["network"]["num_classes"], cfg["loss"]["eos_coef"],
+                             {"ce": cfg["loss"]["ce"], "bbox": cfg["loss"]["bbox"], "giou": cfg["loss"]["giou"]})
+    truth = criterion(outputs, [{"labels": batch["labels"][0], "boxes": batch["boxes"][0]}], 2.0)
+    assert seen == [1.0]
+    for term in ("bbox", "giou", "ce"):
+        assert torch.allclose(averaged[term], truth[term])
+    assert torch.allclose(averaged["bbox"] * 2, local["bbox"]) and torch.allclose(averaged["ce"], local["ce"])
 
 
 def test_matcher_is_the_brute_force_optimum():

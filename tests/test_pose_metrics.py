@@ -62,3 +62,14 @@ def test_summary_counts_misses_as_failures_at_every_threshold():
     assert m["REP-2px/all"] == pytest.approx(100 / 3)
     assert m["REP-20px/far"] == 0.0
     assert m["ADD-0.1d/medium"] == 100.0
+
+
+def test_thresholds_compare_error_over_diameter_as_the_bop_toolkit_does():
+    """bop_toolkit's match_poses: error / diameter < threshold. With SwissCube's diameter an
+    error of exactly 0.1 d in decimal (17.846 mm) is a success there: 17.846 / 178.46 is
+    just below 0.1 in floating point, while 17.846 < 0.1 x 178.46 is false."""
+    diameter, error = 178.46, 17.846
+    assert error / diameter < 0.1 and not error < 0.1 * diameter
+    metrics = summarize([PoseRecord(500.0, error, error, 1.0)], diameter)
+    assert metrics["ADD-0.1d/all"] == 100.0 and metrics["ADI-0.1d/all"] == 100.0
+    assert metrics["ADD-0.05d/all"] == 0.0

@@ -45,6 +45,22 @@ def test_lsq_activation_step_starts_at_twice_the_mean_abs_over_sqrt_qp():
     assert out.tolist() == pytest.approx([0.0, step, 0.0, 7 * step])
 
 
+def test_inq_freezes_the_reference_codes_count_at_every_step():
+    """The reference freezes int(fraction x n) entries (a floor): with the paper's schedule
+    on layers of 37 and 150 weights, rounding would be one entry off at several steps."""
+    schedule = [0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.9875, 1.0]
+    differs = 0
+    for n in (37, 150):
+        torch.manual_seed(n)
+        weight = torch.randn(n, 1)
+        inq = INQWeight(weight, bits=2)
+        for fraction in schedule:
+            inq.freeze(weight, fraction)
+            assert int(inq.frozen().sum()) == int(fraction * n), (n, fraction)
+            differs += int(fraction * n) != round(fraction * n)
+    assert differs >= 3  # the cases this test is about do occur
+
+
 def test_inq_frozen_fraction_follows_the_schedule_and_frozen_weights_never_change():
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 8, 3)

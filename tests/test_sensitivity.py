@@ -112,6 +112,22 @@ def test_ilp_matches_brute_force(seed):
         assert all(len({got.bits[l] for l in g}) == 1 for g in tied)
 
 
+def test_ilp_is_exact_when_sensitivities_share_a_large_offset():
+    """Near-ties on a common offset of 1000: within HiGHS's default 1e-4 relative gap a
+    worse allocation (0.05 worse in 5000) would count as optimal; the solver must not stop
+    there (seen in about one instance in six before the fix)."""
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        layers = [f"l{i}" for i in range(5)]
+        sens = {l: {b: 1000.0 + float(rng.random()) * 0.5 * (8 - b) for b in (2, 4, 8)} for l in layers}
+        counts = {l: int(rng.integers(1, 50)) for l in layers}
+        size = {l: {b: float(counts[l] * b) for b in (2, 4, 8)} for l in layers}
+        problem = Problem(sens, size, float(sum(counts.values()) * rng.uniform(3, 6)))
+        expected = brute_force(problem)
+        if expected is not None:
+            assert solve(problem).objective == pytest.approx(expected[0], rel=1e-12, abs=1e-9)
+
+
 def test_omega_by_hand():
     w = torch.tensor([[0.5, -1.0], [0.25, 0.75]])  # max|W| = 1
     sens = omega({"a": [w]}, {"a": 8.0}, [2, 3])

@@ -24,12 +24,18 @@ def coco_index(dataset: dict) -> COCO:
 def evaluate(detections: list[dict], ground_truth: COCO, critical: list[int]) -> dict[str, float]:
     """`detections`: [{image_id, category_id, bbox [x, y, w, h], score}] in original pixels.
     Returns percentages: the COCO summary (-1 where no ground truth falls in an area range,
-    as COCOeval has it), `AP/<category name>` for every category with
-    ground truth, and `critical_mAP` = the mean AP over the `critical` category ids."""
+    as COCOeval has it), `AP/<category name>` for every category whose AP is defined, and
+    `critical_mAP` = the mean AP over the defined ones of the `critical` category ids.
+
+    A category whose ground truth is all crowd has no AP (COCOeval ignores crowd boxes and
+    marks its precision -1): it is left out, counted in `undefined_categories` (and the
+    critical ones scored in `critical_categories`), never averaged in as 0."""
     names = {c["id"]: c["name"] for c in ground_truth.dataset["categories"]}
     images = sorted(ground_truth.getImgIds())
+    present = {c for c in names if ground_truth.getAnnIds(catIds=[c], imgIds=images)}
+    defined = {c for c in present if ground_truth.getAnnIds(catIds=[c], imgIds=images, iscrowd=False)}
     metrics = {k: 0.0 for k in SUMMARY}
-    per_category = {c: 0.0 for c in names if ground_truth.getAnnIds(catIds=[c], imgIds=images)}
+    per_category = {c: 0.0 for c in sorted(defined)}
     if detections:
         with contextlib.redirect_stdout(io.StringIO()):
             found = ground_truth.loadRes(detections)
@@ -43,17 +49,22 @@ def evaluate(detections: list[dict], ground_truth: COCO, critical: list[int]) ->
         for k, cat in enumerate(coco_eval.params.catIds):
             if cat in per_category:
                 valid = precision[:, :, k, 0, -1]
-                valid = valid[valid > -1]
-                per_category[cat] = 100.0 * float(valid.mean()) if valid.size else 0.0
+                per_category[cat] = 100.0 * float(valid[valid > -1].mean())
     for cat, ap in per_category.items():
         metrics[f"AP/{names[cat]}"] = ap
     scored = [per_category[c] for c in critical if c in per_category]
     metrics["critical_mAP"] = float(np.mean(scored)) if scored else 0.0
+    metrics["critical_categories"] = len(scored)
+    metrics["undefined_categories"] = len(present - defined)
     return metrics
 
 
 def table(metrics: dict[str, float]) -> str:
     """The COCO summary, the critical-category mAP, then AP per category."""
     head = [f"{k:<14}{metrics[k]:6.1f}" for k in (*SUMMARY, "critical_mAP")]
+    head[-1] += f"   (over {metrics['critical_categories']} critical categories)"
     cats = [f"AP {k[3:]:<22}{v:6.1f}" for k, v in sorted(metrics.items()) if k.startswith("AP/")]
+    if metrics["undefined_categories"]:
+        cats.append(f"{metrics['undefined_categories']} categories with only crowd ground truth: AP undefined, "
+                    "left out")
     return "\n".join(head + cats)

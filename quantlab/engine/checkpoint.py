@@ -9,6 +9,7 @@ turn every supported layout into the weights of our network.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +24,9 @@ from quantlab.quant import export, reference
 from quantlab.quant.editing import rebuild
 
 FORMAT = "quantlab/1"
+#: what a weights-only load accepts besides tensors and plain containers: classes known
+#: to be inert (DETR's official training checkpoints hold its argparse.Namespace)
+SAFE_GLOBALS = [argparse.Namespace]
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -35,7 +39,8 @@ def load(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: cannot be read as a weights-only checkpoint ({first})")

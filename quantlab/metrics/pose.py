@@ -70,7 +70,9 @@ def summarize(records: list[PoseRecord], diameter: float,
               fractions: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5),
               pixels: tuple[float, ...] = (2, 5, 10, 20),
               n_bins: int = 3) -> dict[str, float]:
-    """Accuracy table: ADD/ADI at k x diameter and REP at p px, for all and per depth bin."""
+    """Accuracy table: ADD/ADI below k diameters (error / diameter < k, the BOP toolkit's
+    form, which differs from error < k x diameter at the boundary in floating point) and
+    REP below p px, for all and per depth bin."""
     depth = np.array([r.depth for r in records])
     errors = {"ADD": np.array([r.add for r in records]), "ADI": np.array([r.adi for r in records]),
               "REP": np.array([r.rep for r in records])}
@@ -84,8 +86,8 @@ def summarize(records: list[PoseRecord], diameter: float,
     for group, sel in groups.items():
         out[f"count/{group}"] = int(sel.sum())
         for metric in ("ADD", "ADI"):
-            for k in fractions:
-                out[f"{metric}-{k:g}d/{group}"] = accuracy(errors[metric][sel], k * diameter)
+            for k in fractions:  # as the BOP toolkit compares: error / diameter < k
+                out[f"{metric}-{k:g}d/{group}"] = accuracy(errors[metric][sel] / diameter, k)
         for p in pixels:
             out[f"REP-{p:g}px/{group}"] = accuracy(errors["REP"][sel], p)
     out["missed"] = int(np.sum(~np.isfinite(errors["ADD"])))

@@ -111,10 +111,11 @@ class INQWeight(nn.Module):
 
     @torch.no_grad()
     def freeze(self, weight: torch.Tensor, fraction: float) -> torch.Tensor:
-        """Freeze the largest-magnitude trainable entries until `fraction` of all entries
-        are frozen; frozen entries never change again. Returns the mask of the new ones."""
+        """Freeze the largest-magnitude trainable entries until int(fraction x entries) are
+        frozen (the reference code's count: floor); frozen entries never change again.
+        Returns the mask of the new ones."""
         frozen = self.frozen()
-        target = int(round(fraction * weight.numel()))
+        target = int(fraction * weight.numel())
         todo = target - int(frozen.sum())
         new = torch.zeros_like(frozen)
         if todo <= 0:

@@ -25,8 +25,10 @@ SPLITS = {"train": "train", "test": "val", "val": "val"}
 
 
 def num_boxes(targets: list[dict], across: Across | None) -> float:
-    """What the box terms are normalised by: this rank's target boxes, at least 1."""
-    return max(1.0, float(sum(len(t["labels"]) for t in targets)))
+    """What the box terms are normalised by: the batch's target boxes, averaged over the
+    ranks of a training step as DETR's criterion all-reduces them, at least 1."""
+    count = float(sum(len(t["labels"]) for t in targets))
+    return max(1.0, across(count, "detr.num_boxes") if across is not None else count)
 
 
 class SeededCoco(CocoDetection):

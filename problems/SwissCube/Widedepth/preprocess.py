@@ -44,13 +44,16 @@ class Geometry:
 
     @cached_property
     def cells(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Centre (x, y), anchor size and level of every cell, levels concatenated row-major."""
+        """Centre (x, y), anchor size and level of every cell, levels concatenated row-major.
+
+        As in the official decoder: the base anchor shifted by the cell's offset, centre
+        (x1 + x2) / 2 = stride * i + stride / 2 and size x2 - x1 + 1."""
         centres, sizes, levels = [], [], []
-        for level, (stride, anchor) in enumerate(zip(self.strides, self.anchor_sizes)):
+        for level, (stride, (x1, _, x2, _)) in enumerate(zip(self.strides, self.anchor_boxes())):
             n = int(np.ceil(self.size / stride))
             ys, xs = np.mgrid[:n, :n]
-            centres.append(np.stack([xs, ys], -1).reshape(-1, 2) * stride + (stride - 1) / 2)
-            sizes.append(np.full(n * n, anchor, float))
+            centres.append(np.stack([xs, ys], -1).reshape(-1, 2) * stride + (x1 + x2) / 2)
+            sizes.append(np.full(n * n, x2 - x1 + 1, float))
             levels.append(np.full(n * n, level))
         return np.concatenate(centres), np.concatenate(sizes), np.concatenate(levels)
 
