@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from quantlab.progress import progress
 
 SPLITS = ("train", "val")

@@ -14,10 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
-from quantlab.progress import progress
 
 from problems.SwissCube.mesh import Mesh, box_corners, write_ply
 from problems.SwissCube.render import rasterize
+from quantlab.progress import progress
 
 DIAMETER = 178.46
 SPLIT_FILES = {"train": "training.txt", "validation": "validation.txt", "test": "testing.txt"}

@@ -2,23 +2,12 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from quantlab.engine import distributed as dist
 from quantlab.engine.context import RunContext
 from quantlab.engine.task import to_device
 from quantlab.progress import progress
-
-
-def train_loader(ctx: RunContext) -> tuple[object, DistributedSampler, DataLoader]:
-    """The training split with augmentation, this rank's `DistributedSampler` shard
-    (reshuffled per epoch from the seed), whole batches only."""
-    data = ctx.task.dataset("train", train=True)
-    sampler = DistributedSampler(data, num_replicas=ctx.world.size, rank=ctx.world.rank, shuffle=True,
-                                 seed=ctx.cfg["seed"], drop_last=True)
-    loader = DataLoader(data, batch_size=ctx.cfg["training"]["batch_size"], sampler=sampler,
-                        collate_fn=ctx.task.collate, num_workers=ctx.cfg["engine"]["workers"], drop_last=True)
-    return data, sampler, loader
 
 
 @torch.no_grad()

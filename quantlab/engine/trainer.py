@@ -19,8 +19,9 @@ from torch.utils.tensorboard import SummaryWriter
 
 from quantlab.engine import checkpoint, distributed as dist, preflight
 from quantlab.engine.context import RunContext
-from quantlab.engine.evaluation import evaluate, train_loader
+from quantlab.engine.evaluation import evaluate
 from quantlab.engine.health import diverged
+from quantlab.engine.loaders import train_loader
 from quantlab.engine.meters import MeanMeter
 from quantlab.engine.optim import build_optimizer, build_schedule, lr_scale, rescale_lr
 from quantlab.engine.task import to_device

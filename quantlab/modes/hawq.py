@@ -8,7 +8,7 @@ import itertools
 from quantlab.engine import distributed as dist
 from quantlab.engine.config import child_config
 from quantlab.engine.context import RunContext
-from quantlab.engine.evaluation import train_loader
+from quantlab.engine.loaders import train_loader
 from quantlab.engine.runs import fit_child, load_model
 from quantlab.engine.task import to_device
 from quantlab.errors import ConfigError

@@ -1,4 +1,4 @@
-"""MQAT's searches over modules: the sensitivity cube, the quantization flow, the bit search.
+"""MQAT's searches over modules: the module cube, the quantization flow, the bit search.
 
 All of them drive a `run(bits, order)` callback that quantizes the modules with bits below
 FLOAT_BITS (in `order` when given, one stage each), fine-tunes, evaluates and returns a
@@ -65,7 +65,7 @@ def model_size(bits: dict[str, int], weights: dict[str, int], rest: int) -> floa
 class BitPlan:
     assignments: list[dict[str, int]]
     full_grid: int
-    fixed: dict[str, int]               # modules the sensitivity pinned to the lowest bits
+    fixed: dict[str, int]               # modules the cube pinned to the lowest bits
 
 
 def plan_bits(modules: list[str], grid: list[int], weights: dict[str, int], rest: int,
