@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from timing import median_seconds  # noqa: E402  (benchmarks/, the script's folder)
 
 from quantlab.engine import distributed as dist  # noqa: E402
 from quantlab.engine.config import build_config  # noqa: E402
@@ -38,15 +38,6 @@ TOPOLOGIES = {  # synthetic sets small enough to generate in seconds, at the min
                             "data.synthetic.params.images_per_sequence=8"],
     "COCO/DETR": ["data.synthetic.params.images={train: 16, val: 2}"],
 }
-
-
-def timed(run, rounds: int) -> float:
-    values = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        run()
-        values.append(time.perf_counter() - start)
-    return statistics.median(values)
 
 
 def measure(topology: str, sets: list[str], root: Path, rounds: int) -> str:
@@ -69,10 +60,10 @@ def measure(topology: str, sets: list[str], root: Path, rounds: int) -> str:
         loss.backward()
         trainer.optimizer.step()
     trainer.model.train()
-    step = timed(train_step, rounds)
-    snapshot = timed(lambda: trainer._snapshot(0), rounds)
+    step = median_seconds(train_step, rounds)
+    snapshot = median_seconds(lambda: trainer._snapshot(0), rounds)
     state = trainer._snapshot(0)
-    write = timed(lambda: trainer._save(0, state, is_best=True), rounds)
+    write = median_seconds(lambda: trainer._save(0, state, is_best=True), rounds)
     trainer.close()
     size = (logbook.saves / "last.pt").stat().st_size / 2**20
     epoch = steps * step

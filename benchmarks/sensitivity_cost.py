@@ -14,16 +14,16 @@ DETR-R50's layers at 6, 5 and 4 bits, with random sensitivities of the right sha
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from timing import median_seconds  # noqa: E402  (benchmarks/, the script's folder)
 
 from problems.COCO.DETR import build_task  # noqa: E402
 from problems.COCO.DETR.network import DETR  # noqa: E402
@@ -35,16 +35,6 @@ from quantlab.sensitivity.fisher import fisher_traces  # noqa: E402
 from quantlab.sensitivity.hessian import hutchinson_traces  # noqa: E402
 from quantlab.sensitivity.ilp import average_bits  # noqa: E402
 from quantlab.sensitivity.omega import flat  # noqa: E402
-
-
-def median_seconds(work, repeats: int) -> float:
-    work()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
