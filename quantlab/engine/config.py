@@ -134,12 +134,17 @@ def parse_override(text: str) -> dict:
     return nested
 
 
+def open_keys(rules: dict[str, dict]) -> frozenset[str]:
+    """The mappings a value replaces whole: those of free entries and the overlays."""
+    return frozenset(k for k, r in rules.items() if r.get("open") or "overlays" in r)
+
+
 class Schema:
     """The merged defaults (keys and types) and the value rules of every file."""
 
     def __init__(self, defaults: Config, rules: dict[str, dict]) -> None:
         self.defaults, self.rules = defaults, rules
-        self.open = frozenset(k for k, r in rules.items() if r.get("open") or "overlays" in r)
+        self.open = open_keys(rules)
 
     def merge(self, base: Config, override: dict, source: str) -> Config:
         """`override` laid over `base`, its keys and types checked against the defaults."""
@@ -193,14 +198,14 @@ def _layers(defaults_files: list[Path], topology_file: Path) -> tuple[Schema, di
     for key, rule in rules.items():
         if not isinstance(rule, dict) or not set(rule) <= RULES:
             raise ConfigError(f"schema of '{key}': expected a mapping of {sorted(RULES)}, got {rule!r}")
-    open_keys = frozenset(k for k, r in rules.items() if r.get("open") or "overlays" in r)
+    replaced = open_keys(rules)
     topo_defaults = topo.get("defaults") or {}
     cfg = copy.deepcopy(base)
     for key, value in topo_defaults.items():
         if key not in cfg:
             cfg[key] = copy.deepcopy(value)
         elif isinstance(cfg[key], dict) and isinstance(value, dict):
-            cfg[key] = merge_checked(cfg[key], value, str(topology_file), key + ".", open_keys)
+            cfg[key] = merge_checked(cfg[key], value, str(topology_file), key + ".", replaced)
         else:
             raise ConfigError(f"{topology_file}: key '{key}' redefines a global default")
     return Schema(cfg, rules), topo.get("profiles") or {}
