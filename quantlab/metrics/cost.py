@@ -1,12 +1,15 @@
 """Compute cost: multiply-accumulates and BOPs (MACs x weight bits x activation bits).
 
 The cost is traced: one forward pass of an example batch with hooks on every Conv2d,
-Linear and MultiheadAttention, so the MACs follow the real feature-map sizes. A layer's
-weight bits come from its weight quantizer and its activation bits from its input
-quantizer (the bits it is set to, calibrated or not); float weights or inputs count as 32
-bits. In attention only the projections
-count (the q.k and attention.v products are activation x activation, left at 32 x 32
-bits and reported apart as `attention_macs`).
+ConvTranspose2d, Linear and MultiheadAttention, so the MACs follow the real feature-map
+sizes. A Conv2d costs output elements x (Cin / groups) x kH x kW, a Linear output elements
+x in_features; a ConvTranspose2d costs input elements (N Cin Hin Win) x (Cout / groups) x
+kH x kW: every input value multiplies a kH x kW patch for each output channel of its group
+(products that padding later crops off count too). A layer's weight bits come from its
+weight quantizer and its activation bits from its input quantizer (the bits it is set
+to, calibrated or not); float weights or inputs count as 32 bits. In attention only the
+projections count (the q.k and attention.v products are activation x activation, left at
+32 x 32 bits and reported apart as `attention_macs`).
 """
 from __future__ import annotations
 
@@ -17,6 +20,9 @@ import torch
 from torch import nn
 
 from quantlab.quant.layers import FLOAT_BITS
+
+#: the layers whose MACs are traced
+COSTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.MultiheadAttention)
 
 
 def _bits(module: nn.Module) -> tuple[int, int]:
@@ -36,6 +42,16 @@ def _attention_macs(module: nn.MultiheadAttention, inputs: tuple) -> tuple[int, 
     e = module.embed_dim
     in_proj = (tokens_q + 2 * tokens_k) * e * e
     return in_proj, tokens_q * e * e, 2 * tokens_q * length_k * e
+
+
+def _layer_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
+    """MACs of one call of a Conv2d, ConvTranspose2d or Linear (the formulas above)."""
+    if isinstance(module, nn.Linear):
+        return output.numel() * module.in_features
+    kernel = module.kernel_size[0] * module.kernel_size[1]
+    if isinstance(module, nn.ConvTranspose2d):
+        return inputs[0].numel() * (module.out_channels // module.groups) * kernel
+    return output.numel() * (module.in_channels // module.groups) * kernel
 
 
 def cost_report(model: nn.Module, run: Callable[[nn.Module], Any]) -> dict:
@@ -59,16 +75,12 @@ def cost_report(model: nn.Module, run: Callable[[nn.Module], Any]) -> dict:
                 rows.append({"layer": f"{name}.out_proj", "macs": out_proj, "weight_bits": out_bits,
                              "act_bits": FLOAT_BITS})
                 return
-            if isinstance(module, nn.Conv2d):
-                per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            else:
-                per_output = module.in_features
-            rows.append({"layer": name, "macs": output.numel() * per_output, "weight_bits": w_bits,
+            rows.append({"layer": name, "macs": _layer_macs(module, inputs, output), "weight_bits": w_bits,
                          "act_bits": a_bits})
         return record
 
     for name, module in probe.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear, nn.MultiheadAttention)) and id(module) not in out_projs:
+        if isinstance(module, COSTED) and id(module) not in out_projs:
             handles.append(module.register_forward_hook(hook(name)))
     with torch.no_grad():
         run(probe)

@@ -5,8 +5,9 @@ topology's quantize.py: the MQAT modules, e.g. `backbone`, `fpn`, `head`, and na
 such as `first_last`) or by a regex matched in full against the qualified module name,
 and gives the algorithm, bits and options. Rules apply in order (a
 later rule overrides an earlier one for the layers it matches); `exclude` patterns are
-never quantized. Conv2d, Linear and MultiheadAttention layers (both projections) are
-replaced; their float weights are kept.
+never quantized. Conv2d, ConvTranspose2d, Linear and MultiheadAttention layers (both
+projections) are replaced; their float weights are kept. Per-channel rules take their
+scales along each layer's output-channel axis (`channel_axis`: 1 for ConvTranspose2d).
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import torch
 from torch import nn
 
 from quantlab.errors import ConfigError
-from quantlab.quant.layers import (INQWeight, LSQActivation, LSQWeight, QuantConv2d, QuantLinear,
-                                   QuantMultiheadAttention, STEActivation, SymmetricWeight)
+from quantlab.quant.layers import (INQWeight, LSQActivation, LSQWeight, QuantConv2d, QuantConvTranspose2d,
+                                   QuantLinear, QuantMultiheadAttention, STEActivation, SymmetricWeight,
+                                   channel_axis)
 
 ALGORITHMS = ("symmetric", "lsq", "inq")
 ACTIVATIONS = ("ste", "lsq")
@@ -76,7 +78,11 @@ def pattern_of(name: str, patterns: dict[str, str | list[str]]) -> re.Pattern:
         raise ConfigError(f"recipe pattern {name!r} is not a valid regex ({exc})")
 
 
-QUANTIZABLE = (nn.Conv2d, nn.Linear, nn.MultiheadAttention)
+#: float layer type -> its quantized layer (the types with one weight)
+QUANTIZED = {nn.Conv2d: QuantConv2d, nn.ConvTranspose2d: QuantConvTranspose2d, nn.Linear: QuantLinear}
+QUANTIZABLE = (*QUANTIZED, nn.MultiheadAttention)
+#: how messages name them
+QUANTIZABLE_NAMES = "/".join(t.__name__ for t in QUANTIZABLE)
 
 
 def quantizable(model: nn.Module) -> dict[str, nn.Module]:
@@ -99,11 +105,13 @@ def quantizable_weights(model: nn.Module, exclude: list[str], patterns: dict) ->
     return {n: weight_tensors(m) for n, m in quantizable(model).items() if not any(p.fullmatch(n) for p in excluded)}
 
 
-def weight_quantizer(weight: nn.Parameter, rule: Rule) -> nn.Module:
+def weight_quantizer(weight: nn.Parameter, rule: Rule, axis: int = 0) -> nn.Module:
+    """The rule's quantizer for `weight`; per channel, its scales lie along `axis` (the
+    layer's `channel_axis`). INQ is per tensor."""
     if rule.algorithm == "symmetric":
-        return SymmetricWeight(rule.bits, rule.per_channel)
+        return SymmetricWeight(rule.bits, rule.per_channel, axis)
     if rule.algorithm == "lsq":
-        return LSQWeight(weight, rule.bits, rule.per_channel)
+        return LSQWeight(weight, rule.bits, rule.per_channel, axis)
     return INQWeight(weight, rule.bits)
 
 
@@ -114,10 +122,10 @@ def build_layer(layer: nn.Module, rule: Rule) -> nn.Module:
     elif rule.act_algorithm == "lsq":
         aq = LSQActivation(rule.act_bits, rule.act_signed)
     if isinstance(layer, nn.MultiheadAttention):
-        return QuantMultiheadAttention.from_float(layer, weight_quantizer(layer.in_proj_weight, rule),
-                                                  weight_quantizer(layer.out_proj.weight, rule), aq)
-    cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
-    return cls.from_float(layer, weight_quantizer(layer.weight, rule), aq)
+        return QuantMultiheadAttention.from_float(
+            layer, weight_quantizer(layer.in_proj_weight, rule, channel_axis(layer)),
+            weight_quantizer(layer.out_proj.weight, rule, channel_axis(layer.out_proj)), aq)
+    return QUANTIZED[type(layer)].from_float(layer, weight_quantizer(layer.weight, rule, channel_axis(layer)), aq)
 
 
 def apply_recipe(model: nn.Module, rules: list[Rule], patterns: dict, exclude: list[str] = ()) -> list[dict]:
@@ -129,8 +137,7 @@ def apply_recipe(model: nn.Module, rules: list[Rule], patterns: dict, exclude: l
         pattern = pattern_of(rule.modules, patterns)
         hits = [n for n in layers if pattern.fullmatch(n)]
         if not hits:
-            raise ConfigError(f"recipe pattern {rule.modules!r} matches no Conv2d/Linear/"
-                              "MultiheadAttention layer")
+            raise ConfigError(f"recipe pattern {rule.modules!r} matches no {QUANTIZABLE_NAMES} layer")
         for name in hits:
             if not any(p.fullmatch(name) for p in excluded):
                 chosen[name] = rule

@@ -3,7 +3,8 @@
 The file (`torch.save`, loadable with weights_only=True) holds, for every quantized
 layer, the level indices of its weight on its grid packed at the layer's bit-width, the
 grid (lowest code, code step, scale(s): value = (low + step x index) x scale; INQ: scale
-s / half), and the rest of the state (biases, norms, activation ranges, LSQ steps) as
+s / half; `axis`: the weight axis that per-channel scales lie along, 1 for ConvTranspose2d,
+0 for the other layers, None for one scale), and the rest of the state (biases, norms, activation ranges, LSQ steps) as
 float tensors. Loading it into the same
 quantized architecture gives a fake-quant model with the exported model's outputs.
 """
@@ -18,6 +19,7 @@ from torch import nn
 from quantlab.errors import CheckpointError
 from quantlab.files import write_atomic
 from quantlab.quant.layers import Grid, INQWeight, _Quantized
+from quantlab.quant.quantizers import along
 
 FORMAT = "quantlab-int/1"
 
@@ -63,7 +65,8 @@ def export_integer(model: nn.Module, path: Path, recipe: list[dict]) -> int:
             raise CheckpointError(f"{name}: cannot export ({exc})") from None
         key = _key(name, layer.weight_name)
         layers[key] = {"codes": pack(index, layer.wq.bits), "shape": list(index.shape), "bits": layer.wq.bits,
-                       "low": grid.low, "step": grid.step, "scale": grid.scale.detach().float().cpu().reshape(-1).tolist()}
+                       "low": grid.low, "step": grid.step, "axis": grid.axis,
+                       "scale": grid.scale.detach().float().cpu().reshape(-1).tolist()}
         del state[key]
         state.pop(_key(name, "wq.weight_frozen"), None)  # the codes carry it
     rest = {k: v.detach().cpu() for k, v in state.items()}
@@ -77,8 +80,8 @@ def dequantize(entry: dict) -> torch.Tensor:
     index = unpack(entry["codes"], entry["bits"], count)
     codes = (entry["low"] + entry["step"] * index).reshape(entry["shape"]).float()
     scale = torch.tensor(entry["scale"])
-    if scale.numel() > 1:
-        scale = scale.reshape(-1, *[1] * (codes.dim() - 1))
+    if entry["axis"] is not None:
+        scale = along(scale, entry["axis"], codes.dim())
     return codes * scale
 
 

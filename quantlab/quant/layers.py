@@ -1,9 +1,13 @@
-"""Stateful quantizers and the quantized Conv2d / Linear that use them.
+"""Stateful quantizers and the quantized Conv2d / ConvTranspose2d / Linear /
+MultiheadAttention that use them.
 
 A quantized layer keeps the float layer's weights (it is built from it, never
 re-initialised) and applies a weight quantizer `wq` and, optionally, an input activation
-quantizer `aq`. Every piece of state (LSQ steps, INQ frozen values, calibrated ranges) is a
-parameter or buffer, so it travels in the model's state_dict and Horovod's broadcast.
+quantizer `aq`. Per-channel weight quantizers take one scale per output channel, along
+the weight's output-channel axis: `channel_axis(layer)` (1 for ConvTranspose2d, whose
+weight is [in, out/groups, kH, kW]; 0 for the others). Every piece of state (LSQ steps,
+INQ frozen values, calibrated ranges) is a parameter or buffer, so it travels in the
+model's state_dict and Horovod's broadcast.
 """
 from __future__ import annotations
 
@@ -24,8 +28,9 @@ FLOAT_BITS = 32
 class Grid:
     """The integer grid a quantizer maps onto: value = code x scale, codes from `low` to
     `high` every `step` (1 for linear grids; 2 for the sign code {-1, +1}, which has no
-    zero); `scale` broadcasts against the tensor (per output channel on `axis` 0, or one
-    value for the whole tensor when `axis` is None). Export and ONNX use it."""
+    zero); `scale` broadcasts against the tensor (one value per channel of `axis`, the
+    weight's output-channel axis: see `channel_axis`; or one value for the whole tensor
+    when `axis` is None). Export and ONNX use it."""
 
     scale: torch.Tensor
     low: int
@@ -45,48 +50,68 @@ class Grid:
         return self.low + self.step * self.index(values)
 
 
-class SymmetricWeight(nn.Module):
+def channel_axis(layer: nn.Module) -> int:
+    """The axis of a layer's weight that holds its output channels, where per-channel
+    weight quantizers take their scales: 1 for a transposed convolution (weight [in,
+    out/groups, kH, kW]), 0 for the others (Conv2d [out, in/groups, kH, kW], Linear
+    [out, in], attention's packed projection [3E, E]). With groups > 1 a transposed
+    convolution's axis 1 holds out/groups channels: one scale serves the output channel
+    at that position in every group (what a per-axis ONNX DequantizeLinear expresses)."""
+    return 1 if isinstance(layer, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
+
+
+class _ChannelWeight(nn.Module):
+    """A weight quantizer with one scale per tensor, or (`per_channel`) one per channel of
+    `axis`, the weight's output-channel axis (`channel_axis` of its layer)."""
+
+    def __init__(self, bits: int, per_channel: bool, axis: int) -> None:
+        super().__init__()
+        self.bits, self.per_channel, self.axis = bits, per_channel, axis
+
+    @property
+    def grid_axis(self) -> int | None:
+        """The Grid's axis: `axis` per channel, None per tensor."""
+        return self.axis if self.per_channel else None
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, per_channel={self.per_channel}, axis={self.axis}"
+
+
+class SymmetricWeight(_ChannelWeight):
     """Max-abs symmetric linear weights (bits 2-8), or the 1-bit sign code."""
 
-    def __init__(self, bits: int, per_channel: bool = False) -> None:
-        super().__init__()
+    def __init__(self, bits: int, per_channel: bool = False, axis: int = 0) -> None:
         if bits != 1:
             Q.signed_levels(bits)  # validates the range
-        self.bits, self.per_channel = bits, per_channel
+        super().__init__(bits, per_channel, axis)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.bits == 1:
-            return Q.sign_binary(w, self.per_channel)
-        return Q.symmetric_linear(w, self.bits, self.per_channel)
+            return Q.sign_binary(w, self.per_channel, self.axis)
+        return Q.symmetric_linear(w, self.bits, self.per_channel, self.axis)
 
     def grid(self, w: torch.Tensor) -> Grid:
         if self.bits == 1:
-            return Grid(Q.sign_scale(w.detach(), self.per_channel), -1, 1, 0 if self.per_channel else None, step=2)
+            return Grid(Q.sign_scale(w.detach(), self.per_channel, self.axis), -1, 1, self.grid_axis, step=2)
         q = Q.signed_levels(self.bits)
-        scale = Q.max_abs(w.detach(), self.per_channel).clamp_min(torch.finfo(w.dtype).tiny) / q
-        return Grid(scale, -q, q, 0 if self.per_channel else None)
+        return Grid(Q.symmetric_scale(w, self.bits, self.per_channel, self.axis), -q, q, self.grid_axis)
 
 
-class LSQWeight(nn.Module):
-    """LSQ weights: a learned step per tensor (or per output channel), signed range."""
+class LSQWeight(_ChannelWeight):
+    """LSQ weights: a learned step per tensor (shape [1]) or per channel of `axis` (shaped
+    to broadcast: [C, 1, 1, 1] on axis 0, [1, C, 1, 1] on axis 1), signed range."""
 
-    def __init__(self, weight: torch.Tensor, bits: int, per_channel: bool = False) -> None:
-        super().__init__()
-        self.bits = bits
+    def __init__(self, weight: torch.Tensor, bits: int, per_channel: bool = False, axis: int = 0) -> None:
+        super().__init__(bits, per_channel, axis)
         self.q_neg, self.q_pos = Q.lsq_range(bits, signed=True)
-        if per_channel:
-            rows = weight.detach().reshape(weight.shape[0], -1)
-            init = 2 * rows.abs().mean(dim=1) / self.q_pos ** 0.5
-            init = init.reshape(-1, *([1] * (weight.dim() - 1)))
-        else:
-            init = Q.lsq_init_step(weight, self.q_pos).reshape(1)
-        self.step = nn.Parameter(init.clone())
+        init = Q.lsq_init_step(weight, self.q_pos, per_channel, axis)
+        self.step = nn.Parameter((init if per_channel else init.reshape(1)).clone())
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return Q.lsq(w, self.step, self.q_neg, self.q_pos)
 
     def grid(self, w: torch.Tensor) -> Grid:
-        return Grid(self.step.detach(), -self.q_neg, self.q_pos, 0 if self.step.numel() > 1 else None)
+        return Grid(self.step.detach(), -self.q_neg, self.q_pos, self.grid_axis)
 
 
 class INQWeight(nn.Module):
@@ -267,6 +292,29 @@ class QuantConv2d(_Quantized, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self._input(x), self.wq(self.weight), self.bias)
+
+
+class QuantConvTranspose2d(_Quantized, nn.ConvTranspose2d):
+    """ConvTranspose2d with weight (and optional input) quantization; weights come from
+    `conv`. Its weight is [in, out/groups, kH, kW]: per-channel quantizers work on axis 1
+    (`channel_axis`)."""
+
+    @classmethod
+    def from_float(cls, conv: nn.ConvTranspose2d, wq: nn.Module,
+                   aq: nn.Module | None = None) -> "QuantConvTranspose2d":
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                conv.output_padding, conv.groups, conv.bias is not None, conv.dilation, conv.padding_mode,
+                device=conv.weight.device, dtype=conv.weight.dtype)
+        q._take_over(conv, wq, aq)
+        return q
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        """As nn.ConvTranspose2d.forward: `output_size` picks the output padding."""
+        x = self._input(x)
+        output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size,
+                                              2, self.dilation)
+        return F.conv_transpose2d(x, self.wq(self.weight), self.bias, self.stride, self.padding, output_padding,
+                                  self.groups, self.dilation)
 
 
 class QuantLinear(_Quantized, nn.Linear):

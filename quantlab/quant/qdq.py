@@ -1,8 +1,8 @@
 """ONNX export of a fake-quant model as QuantizeLinear / DequantizeLinear pairs.
 
 On a copy of the model every weight quantizer is replaced by its quantized weight, held
-as a constant and passed through a Q/DQ pair on the layer's integer grid (per tensor or
-per output channel), and every activation quantizer by a Clip to its range followed by a
+as a constant and passed through a Q/DQ pair on the layer's integer grid (per tensor, or
+per output channel along the grid's axis: 1 for ConvTranspose2d, 0 otherwise), and every activation quantizer by a Clip to its range followed by a
 Q/DQ pair (int8 for signed grids, uint8 for unsigned ones; grids narrower than 8 bits
 clip to their own range first). A grid whose codes skip values (the 1-bit sign code,
 +-1 x alpha) goes through the same pair: its constant weights lie exactly on codes.

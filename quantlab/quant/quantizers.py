@@ -5,6 +5,8 @@ calibrated ranges build on them.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from scipy.optimize import brute, fmin
@@ -27,33 +29,59 @@ def signed_levels(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def max_abs(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    """max|W| per tensor, or per output channel (dim 0) shaped to broadcast against w."""
+def along(values: torch.Tensor, axis: int, dim: int) -> torch.Tensor:
+    """One value per channel of `axis`, shaped to broadcast against a `dim`-dimensional
+    tensor (e.g. a weight's scales: [C, 1, 1, 1] on axis 0, [1, C, 1, 1] on axis 1)."""
+    shape = [1] * dim
+    shape[axis] = -1
+    return values.reshape(shape)
+
+
+def _abs_statistic(w: torch.Tensor, reduce: Callable[..., torch.Tensor], per_channel: bool, axis: int) -> torch.Tensor:
+    """reduce(|W|) over the whole tensor, or over every dim but `axis` (one value per
+    channel of `axis`, kept there so it broadcasts against w)."""
     if not per_channel:
-        return w.abs().max()
-    return w.abs().reshape(w.shape[0], -1).max(dim=1).values.reshape(-1, *([1] * (w.dim() - 1)))
+        return reduce(w.abs())
+    axis = axis % w.dim()
+    others = tuple(d for d in range(w.dim()) if d != axis)
+    return reduce(w.abs(), dim=others, keepdim=True) if others else w.abs()
 
 
-def symmetric_linear(w: torch.Tensor, bits: int, per_channel: bool = False) -> torch.Tensor:
+def max_abs(w: torch.Tensor, per_channel: bool, axis: int = 0) -> torch.Tensor:
+    """max|W| per tensor, or per channel of `axis` (the output channels: 0 for Conv2d and
+    Linear, 1 for ConvTranspose2d) shaped to broadcast against w."""
+    return _abs_statistic(w, torch.amax, per_channel, axis)
+
+
+def mean_abs(w: torch.Tensor, per_channel: bool, axis: int = 0) -> torch.Tensor:
+    """mean|W| per tensor, or per channel of `axis` shaped to broadcast against w."""
+    return _abs_statistic(w, torch.mean, per_channel, axis)
+
+
+def symmetric_scale(w: torch.Tensor, bits: int, per_channel: bool = False, axis: int = 0) -> torch.Tensor:
+    """The step of the symmetric max-abs grid: max|W| / (2^(n-1) - 1) (per tensor or per
+    channel of `axis`); no gradient."""
+    return max_abs(w.detach(), per_channel, axis).clamp_min(torch.finfo(w.dtype).tiny) / signed_levels(bits)
+
+
+def symmetric_linear(w: torch.Tensor, bits: int, per_channel: bool = False, axis: int = 0) -> torch.Tensor:
     """Eq. 6 of the output-sensitivity DETR paper, with straight-through rounding:
     Q(W) = round(W (2^(n-1) - 1) / max|W|) max|W| / (2^(n-1) - 1).
-    The range is a statistic of W, not trained: its gradient is cut (LSQ learns one)."""
-    q = signed_levels(bits)
-    scale = max_abs(w.detach(), per_channel).clamp_min(torch.finfo(w.dtype).tiny) / q
+    The range is a statistic of W, not trained: its gradient is cut (LSQ learns one).
+    Per channel, max|W| is taken per channel of `axis`."""
+    scale = symmetric_scale(w, bits, per_channel, axis)
     return round_ste(w / scale) * scale
 
 
-def sign_scale(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    """mean|W| per tensor, or per output channel shaped to broadcast: the L2-optimal scale
-    of a sign code."""
-    if per_channel:
-        return w.abs().reshape(w.shape[0], -1).mean(dim=1).reshape(-1, *([1] * (w.dim() - 1)))
-    return w.abs().mean()
+def sign_scale(w: torch.Tensor, per_channel: bool, axis: int = 0) -> torch.Tensor:
+    """mean|W| per tensor, or per channel of `axis` shaped to broadcast: the L2-optimal
+    scale of a sign code."""
+    return mean_abs(w, per_channel, axis)
 
 
-def sign_binary(w: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
-    """1 bit: sign(W) times mean|W|, straight-through."""
-    alpha = sign_scale(w, per_channel)
+def sign_binary(w: torch.Tensor, per_channel: bool = False, axis: int = 0) -> torch.Tensor:
+    """1 bit: sign(W) times mean|W| (per tensor or per channel of `axis`), straight-through."""
+    alpha = sign_scale(w, per_channel, axis)
     binary = torch.where(w >= 0, torch.ones_like(w), -torch.ones_like(w)) * alpha
     return w + (binary - w).detach()
 
@@ -122,9 +150,10 @@ def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
     return 0, 2 ** bits - 1
 
 
-def lsq_init_step(x: torch.Tensor, q_pos: int) -> torch.Tensor:
-    """The LSQ paper's initial step: 2 mean|x| / sqrt(Q_P)."""
-    return 2 * x.detach().abs().mean() / q_pos ** 0.5
+def lsq_init_step(x: torch.Tensor, q_pos: int, per_channel: bool = False, axis: int = 0) -> torch.Tensor:
+    """The LSQ paper's initial step: 2 mean|x| / sqrt(Q_P), per tensor (a scalar) or per
+    channel of `axis` (shaped to broadcast against x)."""
+    return 2 * mean_abs(x.detach(), per_channel, axis) / q_pos ** 0.5
 
 
 def inq_levels(s: torch.Tensor | float, bits: int) -> torch.Tensor:
