@@ -4,6 +4,7 @@ every planned assignment in the flow (the best is the result), the baselines the
 compare it with, then the tables. Everything runs as resumable child experiments."""
 from __future__ import annotations
 
+from quantlab.engine.config import overlaid
 from quantlab.engine.context import RunContext
 from quantlab.errors import ConfigError
 from quantlab.modes import Mode, publish, task_tables
@@ -70,7 +71,7 @@ def baselines(ctx: RunContext, done: Ledger, weights: dict[str, int], rest: int)
     """What the tables compare MQAT with (`mqat.baselines`), each run once: the float
     model fine-tuned like a probe (what fine-tuning alone does), one module alone at each
     ablation bit-width, uniform QAT of every module per algorithm and bits, and HAWQ-V3
-    in the child `hawq`. `mqat/baselines.json`."""
+    at each budget of `mqat.baselines.hawq` (child `hawq-<budget>x`). `mqat/baselines.json`."""
     settings, modules = ctx.cfg["mqat"]["baselines"], list(ctx.task.groups)
     float_size = model_size({m: FLOAT_BITS for m in modules}, weights, rest)
     out: dict = {}
@@ -95,9 +96,11 @@ def baselines(ctx: RunContext, done: Ledger, weights: dict[str, int], rest: int)
             bits = {m: b for m in modules}
             out["uniform"].append({"algorithm": algorithm, "bits": b, "metric": run_uniform(bits, None)["metric"],
                                    "compression": float_size / model_size(bits, weights, rest)})
-    if settings["hawq"]:
-        hawq = run_hawq(ctx.child("hawq"))
-        out["hawq"] = {k: hawq[k] for k in ("metric", "compression", "bits", "experiment")}
+    out["hawq"] = []
+    for budget in settings["hawq"]:
+        cfg = overlaid(ctx.cfg, {"hawq": {"min_compression": budget}})
+        hawq = run_hawq(ctx.child(f"hawq-{budget:g}x", cfg))
+        out["hawq"].append({"budget": budget, **{k: hawq[k] for k in ("metric", "compression", "bits", "experiment")}})
     ctx.logbook.write_json("mqat/baselines.json", out)
     return out
 

@@ -62,8 +62,8 @@ def compression(folder: Path, task, cfg: dict) -> Table:
         ("float fine-tuned", "FP", 1.0, base.get("float_finetune"))]
     for row in base.get("uniform", []):
         ours.append((f"{row['algorithm'].upper()} uniform", str(row["bits"]), row["compression"], row["metric"]))
-    if base.get("hawq"):
-        ours.append(("HAWQ-V3", "per layer", base["hawq"]["compression"], base["hawq"].get("metric")))
+    for row in base.get("hawq", []):
+        ours.append(("HAWQ-V3", "per layer", row["compression"], row.get("metric")))
     if result:
         ours.append(("MQAT", bits_label(result["bits"], modules) + " (" + " > ".join(result["order"]) + ")",
                      result["compression"], result["metric"]))
