@@ -1,0 +1,1 @@
+"""LINEMOD / Occluded-LINEMOD in the BOP layout with the ZebraPose ground truth."""

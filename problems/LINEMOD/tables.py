@@ -1,0 +1,22 @@
+"""LINEMOD's own table: ADD(-S)-0.1d per object, float vs MQAT, from the metrics `--mode
+mqat` recorded. The papers publish no per-object numbers for the quantized ZebraPose, so
+this table has no paper column."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantlab.mqat.tables import bits_label, results
+from quantlab.records import Table, TableSpec
+
+
+def objects(folder: Path, task, cfg: dict) -> Table:
+    family = task.best_metric.rsplit("/", 1)[0]
+    names = [*cfg["data"]["objects"], "mean"]
+    result = results(folder, "result.json")
+    label = "MQAT " + bits_label(result["bits"], list(task.groups)) if result else "MQAT"
+    rows = [[name, *[measured.get(f"{family}/{o}") for o in names]]
+            for name, measured in (("float", result.get("float_metrics", {})), (label, result.get("metrics", {})))]
+    return Table("objects", f"{family} per object, float vs MQAT (ours)", ["model", *names], rows)
+
+
+OBJECTS = TableSpec("objects", "mqat", objects)
