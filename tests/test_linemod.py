@@ -4,6 +4,7 @@ poses, the pixel mapping by hand, the whole inference chain on ground-truth code
 the official checkpoint layouts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -275,3 +276,18 @@ def test_paper_network_groups_reach_the_papers_compression_only_with_transposed_
     ratio = model_size({m: 32 for m in counts}, counts, rest) / model_size({"backbone": 8, "decoder": 4}, counts, rest)
     assert ratio == pytest.approx(29_112_977 * 32 / (21_267_648 * 8 + 7_820_608 * 4 + 24_721 * 32))
     assert round(ratio, 2) == 4.61
+
+
+def test_detections_take_the_best_box_of_the_object_and_a_miss_is_none(tmp_path):
+    from problems.LINEMOD.dataset import best_detection, read_detections
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps({"2/5": [{"obj_id": 1, "bbox_est": [10.7, 20.2, 30.9, 40.1], "score": 0.4, "time": 0.1},
+                                        {"obj_id": 1, "bbox_est": [11.5, 21.5, 31.5, 41.5], "score": 0.9, "time": 0.1},
+                                        {"obj_id": 5, "bbox_est": [0, 0, 9, 9], "score": 0.99, "time": 0.1}]}))
+    dets = read_detections(path)
+    inst = Instance("test", 2, 5, 0, 1, np.eye(3), np.zeros(3), np.eye(3), (0, 0, 1, 1), 1.0)
+    assert best_detection(dets, inst) == (11, 21, 31, 41)          # highest score, cast to int
+    assert best_detection(dets, dataclasses.replace(inst, obj_id=9)) is None     # no box for it: a miss
+    path.write_text(json.dumps({"2/5": [{"obj_id": 1}]}))
+    with pytest.raises(DataError, match=str(path)):
+        read_detections(path)
