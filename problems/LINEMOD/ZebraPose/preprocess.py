@@ -86,7 +86,7 @@ def _coarse_dropout(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return x * keep[..., None]
 
 
-def _channels(x: np.ndarray, rng: np.random.Generator, per_channel: float, draw) -> np.ndarray:
+def _channels(rng: np.random.Generator, per_channel: float, draw) -> np.ndarray:
     """One value for the image, or one per channel with probability `per_channel`."""
     return draw(3) if rng.random() < per_channel else np.repeat(draw(1), 3)
 
@@ -96,11 +96,11 @@ AUGMENTATIONS = (  # (probability, op), in imgaug's fixed order
     (0.2, _motion_blur),
     (0.4, _coarse_dropout),
     (0.5, lambda x, rng: cv2.GaussianBlur(x, (0, 0), max(float(rng.random()), 1e-3))),
-    (0.5, lambda x, rng: x + _channels(x, rng, 0.3, lambda n: rng.integers(-20, 21, n))),
+    (0.5, lambda x, rng: x + _channels(rng, 0.3, lambda n: rng.integers(-20, 21, n))),
     (0.4, lambda x, rng: np.where(rng.random(3) < 0.2, 255.0 - x, x)),
-    (0.5, lambda x, rng: x * _channels(x, rng, 0.8, lambda n: rng.uniform(0.7, 1.4, n))),
+    (0.5, lambda x, rng: x * _channels(rng, 0.8, lambda n: rng.uniform(0.7, 1.4, n))),
     (0.5, lambda x, rng: x * rng.uniform(0.7, 1.4)),
-    (0.5, lambda x, rng: (x - 128.0) * _channels(x, rng, 0.3, lambda n: rng.uniform(0.5, 2.0, n)) + 128.0),
+    (0.5, lambda x, rng: (x - 128.0) * _channels(rng, 0.3, lambda n: rng.uniform(0.5, 2.0, n)) + 128.0),
 )
 
 

@@ -56,7 +56,7 @@ class Crops:
     def __init__(self, data: BOP, cfg: dict) -> None:
         self.data, self.inp = data, cfg["input"]
 
-    def image(self, inst: Instance, image: np.ndarray, box) -> tuple[torch.Tensor, tuple]:
+    def image(self, image: np.ndarray, box) -> tuple[torch.Tensor, tuple]:
         final = final_box(box, self.inp["resize"], image.shape[:2])
         return normalize(crop(image, final, self.inp["size"], cv2.INTER_LINEAR)), final
 
@@ -99,7 +99,7 @@ class TrainCrops(Dataset):
             inst = pool[int(rng.integers(len(pool)))]
             image = color_augment(self.data.image(inst), rng, inp["color_p"])
             box = jitter_box(inst.bbox_visib, rng, inp["box_scale"], inp["box_shift"], inp["padding"])
-            tensor, final = self.crops.image(inst, image, box)
+            tensor, final = self.crops.image(image, box)
             mask, code = self.crops.targets(inst, final)
             items.append({"obj": self.data.models[obj].name, "image": tensor, "mask": mask, "code": code})
         return {"index": index, "items": items}
@@ -126,7 +126,7 @@ class TestCrops(Dataset):
         size = self.cfg["input"]["size"]
         if box is None:
             return {**item, "image": torch.zeros(3, size, size), "box": None}
-        tensor, final = self.crops.image(inst, self.data.image(inst), pad_box(box, self.cfg["input"]["padding"]))
+        tensor, final = self.crops.image(self.data.image(inst), pad_box(box, self.cfg["input"]["padding"]))
         return {**item, "image": tensor, "box": final}
 
 
