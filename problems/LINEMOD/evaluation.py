@@ -8,9 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from problems.LINEMOD.dataset import Instance, Model
-from quantlab.metrics.pose import accuracy, add_error, adi_error
+from quantlab.metrics.pose import FRACTIONS, accuracy, add_error, adi_error
 
-FRACTIONS = (0.05, 0.1, 0.2, 0.5)
 MAIN = "ADD(-S)-0.1d"
 
 

@@ -143,6 +143,22 @@ def target_pose(rng: np.random.Generator, K: np.ndarray, params: dict) -> tuple[
     return R, z * np.linalg.solve(K, np.array([u, v, 1.0]))
 
 
+def occluders(rng: np.random.Generator, targets: list[tuple], K: np.ndarray, params: dict) -> list[tuple]:
+    """Up to `params["occluders"]` grey boxes posed anyhow, every other one on a target's
+    line of sight in front of it: (mesh, R, t) each."""
+    out = []
+    for n in range(int(rng.integers(0, params["occluders"] + 1))):
+        vertices, faces = box([0, 0, 0], rng.uniform(25, 60, 3), 1)
+        R = Rotation.random(random_state=int(rng.integers(2 ** 31))).as_matrix()
+        if n % 2 == 0:
+            _, _, t_target = targets[int(rng.integers(len(targets)))]
+            t = t_target * rng.uniform(0.55, 0.8) + rng.normal(0, 12, 3) * [1, 1, 0]
+        else:
+            _, t = target_pose(rng, K, params)
+        out.append((Mesh(vertices, faces, np.full((len(vertices), 3), rng.uniform(60, 200), np.uint8)), R, t))
+    return out
+
+
 def background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     low = rng.uniform(0, 255, (4, 5, 3)).astype(np.float32)
     image = cv2.resize(low, (width, height), interpolation=cv2.INTER_CUBIC)
@@ -180,19 +196,7 @@ def write_split(root: Path, split: str, count: int, meshes: dict[int, Mesh], cod
             (folder / sub).mkdir(parents=True, exist_ok=True)
         gt_folder.mkdir(parents=True, exist_ok=True)
         targets = [(obj_id, *target_pose(rng, K, params)) for obj_id in meshes]
-        clutter = []
-        for n in range(int(rng.integers(0, params["occluders"] + 1))):
-            size = rng.uniform(25, 60, 3)
-            vertices, faces = box([0, 0, 0], size, 1)
-            R = Rotation.random(random_state=int(rng.integers(2 ** 31))).as_matrix()
-            if n % 2 == 0:  # on a target's line of sight, in front of it
-                _, _, t_target = targets[int(rng.integers(len(targets)))]
-                t = t_target * rng.uniform(0.55, 0.8) + rng.normal(0, 12, 3) * [1, 1, 0]
-            else:
-                _, t = target_pose(rng, K, params)
-            grey = rng.uniform(60, 200)
-            clutter.append((Mesh(vertices, faces, np.full((len(vertices), 3), grey, np.uint8)), R, t))
-        scene_items = [(meshes[o], R, t) for o, R, t in targets] + clutter
+        scene_items = [(meshes[o], R, t) for o, R, t in targets] + occluders(rng, targets, K, params)
         owner, face, _ = rasterize([(m.vertices, m.faces, R, t) for m, R, t in scene_items], K, (height, width))
         image = background(rng, height, width)
         for n, (mesh, R, t) in enumerate(scene_items):

@@ -10,6 +10,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 BIN_NAMES = ("near", "medium", "far")
+#: the k of ADD / ADI below k x diameter that the tables report
+FRACTIONS = (0.05, 0.1, 0.2, 0.5)
 
 
 def transform(points: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -67,7 +69,7 @@ def accuracy(errors: np.ndarray, threshold: float) -> float:
 
 
 def summarize(records: list[PoseRecord], diameter: float,
-              fractions: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5),
+              fractions: tuple[float, ...] = FRACTIONS,
               pixels: tuple[float, ...] = (2, 5, 10, 20),
               n_bins: int = 3) -> dict[str, float]:
     """Accuracy table: ADD/ADI below k diameters (error / diameter < k, the BOP toolkit's

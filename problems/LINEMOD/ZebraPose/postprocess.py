@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import torch
 
+from problems.LINEMOD.codes import bits_to_ids
+
 MIN_POINTS = 6
 
 
@@ -22,8 +24,7 @@ def correspondences(mask_logit: torch.Tensor, code_logit: torch.Tensor, class_po
     mask = (mask_logit[0] > 0).cpu().numpy()
     bits = (code_logit > 0).cpu().numpy()
     rows, cols = np.nonzero(mask)
-    powers = 2 ** np.arange(bits.shape[0] - 1, -1, -1, dtype=np.int64)
-    ids = np.tensordot(powers, bits[:, rows, cols].astype(np.int64), axes=1)
+    ids = bits_to_ids(bits[:, rows, cols].T)
     points = np.nan_to_num(class_points[ids], nan=0.0)
     x, y, w, h = box
     size_y, size_x = mask.shape
