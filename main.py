@@ -135,8 +135,8 @@ def run(args: argparse.Namespace) -> int:
         world, "exp.claim", lambda: Logbook.claim(logs_root, args.problem, args.topology))
     logbook = Logbook(logs_root, args.problem, args.topology, exp_id, writer=world.is_main)
     with contextlib.ExitStack() as owned:
-        if mode.writes:  # one writing run per experiment; clear its stale temp files
-            stale = dist.on_main(world, "exp.lock", lambda: owned.enter_context(logbook.lock()))
+        if mode.writes:  # one writing run per experiment (or jobs sharing the parts of a search)
+            stale = dist.on_main(world, "exp.lock", lambda: owned.enter_context(logbook.lock(shared=bool(mode.parts))))
             if stale and world.is_main:
                 print(f"removed {len(stale)} temporary file(s) an interrupted run left in {logbook.root}", flush=True)
         try:

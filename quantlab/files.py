@@ -74,8 +74,9 @@ class Busy(Exception):
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, wait: bool) -> Iterator[None]:
-    """Hold an exclusive `flock` on `path` (created if missing) for the `with` block.
+def exclusive_lock(path: Path, wait: bool, shared: bool = False) -> Iterator[None]:
+    """Hold an exclusive `flock` on `path` (created if missing) for the `with` block, or
+    with `shared` one that other shared holders may hold too (but no exclusive one).
 
     The kernel releases it when the process dies, however it dies, so a lock is never
     stale. `wait=False` raises `Busy` at once when another process holds it.
@@ -83,7 +84,7 @@ def exclusive_lock(path: Path, wait: bool) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fh.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             raise Busy(str(path)) from None
         try:

@@ -2,7 +2,9 @@
 
 A `Table` is printed as Markdown and written as Markdown and CSV under `tables/`. A
 `Ledger` is a JSON file of finished results keyed by name, rewritten atomically after each
-one, so a search that is interrupted resumes without redoing what it finished.
+one, so a search that is interrupted resumes without redoing what it finished. Several
+jobs may share one ledger (a campaign's fan-out): a record is merged, under the ledger's
+lock, with what the others wrote since, so no job's entry is lost.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from quantlab.files import write_text_atomic
+from quantlab.files import exclusive_lock, write_text_atomic
 
 
 @dataclass
@@ -71,14 +73,27 @@ def read_json(path: Path) -> dict:
 class Ledger:
     """Finished results by key; every rank keeps the entries, one (`writer`) writes."""
 
-    def __init__(self, path: Path, writer: bool = True) -> None:
+    def __init__(self, path: Path, writer: bool = True, entries: dict[str, dict[str, Any]] | None = None) -> None:
         self.path, self.writer = path, writer
-        self.entries: dict[str, dict[str, Any]] = read_json(path)
+        self.entries: dict[str, dict[str, Any]] = read_json(path) if entries is None else entries
 
     def __contains__(self, key: str) -> bool:
         return key in self.entries
 
+    def on_disk(self) -> dict[str, dict[str, Any]]:
+        """The entries every job has recorded so far (this one's view may be older)."""
+        return read_json(self.path)
+
     def record(self, key: str, entry: dict[str, Any]) -> None:
+        """Add `entry` here and on disk, merged with the entries other jobs wrote meanwhile."""
         self.entries[key] = entry
         if self.writer:
-            write_text_atomic(self.path, json.dumps(self.entries, indent=2, sort_keys=True))
+            with exclusive_lock(self.path.with_name(f".{self.path.name}.lock"), wait=True):
+                merged = {**self.on_disk(), key: entry}
+                write_text_atomic(self.path, json.dumps(merged, indent=2, sort_keys=True))
+
+    def obtain(self, key: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The entry of `key`: recorded already, or `run()` now and recorded."""
+        if key not in self.entries:
+            self.record(key, run())
+        return self.entries[key]

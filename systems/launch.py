@@ -16,17 +16,29 @@ import yaml
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 KEYS = {"ranks", "hosts", "controller", "threads_per_rank", "env"}
+#: how a campaign runs its jobs there (systems/campaign.py): `scheduler` local or slurm,
+#: `jobs` at once (local) or workers per part (slurm), `gpus` a local machine shares out
+#: among its jobs, `sbatch` options of every Slurm job
+CAMPAIGN_KEYS = {"scheduler": "local", "jobs": 1, "gpus": 0, "sbatch": []}
 
 
-def load(name: str) -> dict:
-    path = HERE / f"{name}.yaml"
+def path_of(name: str) -> Path:
+    """systems/<name>.yaml, or `name` itself when it is a YAML file."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else HERE / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in HERE.glob("*.yaml")))
         sys.exit(f"{path}: no such system (available: {known})")
+    return path.resolve()
+
+
+def load(name: str) -> dict:
+    path = path_of(name)
     system = yaml.safe_load(path.read_text())
-    if set(system) != KEYS:
-        sys.exit(f"{path}: expected keys {sorted(KEYS)}, found {sorted(system)}")
-    return system
+    if not KEYS <= set(system) <= KEYS | set(CAMPAIGN_KEYS):
+        sys.exit(f"{path}: expected keys {sorted(KEYS)} (and optionally {sorted(CAMPAIGN_KEYS)}), found {sorted(system)}")
+    if system.get("scheduler", "local") not in ("local", "slurm"):
+        sys.exit(f"{path}: scheduler must be local or slurm, not {system['scheduler']!r}")
+    return {**CAMPAIGN_KEYS, **system}
 
 
 def slurm_hosts() -> tuple[str, int]:
@@ -51,7 +63,7 @@ def command(system: dict, main_args: list[str]) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("system", help="a profile in systems/ (laptop, gpu_node, slurm)")
+    p.add_argument("system", help="a profile in systems/ (laptop, gpu_node, slurm, local) or a YAML file")
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)

@@ -6,6 +6,7 @@
     expNNNN/eval/<tag>/        metrics.json (+ plots) for each evaluation
     expNNNN/children/<name>/   the same layout for each child run of a search (MQAT, HAWQ)
     expNNNN/.lock              locked (flock) by the run that writes the experiment
+                               (shared by the jobs of a search's fan-out)
 """
 from __future__ import annotations
 
@@ -64,12 +65,14 @@ class Logbook:
                 exp_id += 1
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[list[Path]]:
-        """Own the experiment for the `with` block, one writing run at a time; yields the
-        temporary files interrupted writers had left there, which are now removed."""
+    def lock(self, shared: bool = False) -> Iterator[list[Path]]:
+        """Own the experiment for the `with` block, one writing run at a time (or, `shared`,
+        together with the other jobs of a search, which claim its children one by one);
+        yields the temporary files interrupted writers had left there, which are now
+        removed (by an exclusive owner only: a sharing job's may be live)."""
         try:
-            with exclusive_lock(self.root / ".lock", wait=False):
-                yield remove_stale_temps(self.root)
+            with exclusive_lock(self.root / ".lock", wait=False, shared=shared):
+                yield [] if shared else remove_stale_temps(self.root)
         except Busy:
             raise ExperimentError(f"{self.root}: experiment in use by another run "
                                   f"(which holds {self.root / '.lock'})") from None

@@ -3,16 +3,18 @@
 A mode module defines `MODE = Mode(...)`: its command-line name, what it needs before it
 starts (the flags main.py checks: a training split, a float start, an experiment lock),
 the config section it owns (`<section>.yaml` beside the module: defaults and `schema:`),
-the tables it writes, and `run(ctx)`. Adding a method is adding a module and its section
-file; main.py, the trainer and the Task base class do not change.
+the tables it writes, and `run(ctx)`. A search mode also names its parts (groups of
+independent child runs that separate jobs may share: `--worker PART`) and lists its child
+runs for a campaign's plan (`plan(cfg, task)`). Adding a method is adding a module and
+its section file; main.py, the trainer and the Task base class do not change.
 """
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from quantlab.engine.context import RunContext
 from quantlab.records import TableSpec, save_tables
@@ -20,6 +22,24 @@ from quantlab.records import TableSpec, save_tables
 HERE = Path(__file__).resolve().parent
 #: the engine's and the quantization library's defaults, in the repository's cfg/
 DEFAULTS = HERE.parents[1] / "cfg" / "defaults.yaml"
+
+
+class Child(NamedTuple):
+    """One child run of a search as a campaign plans it: its part, a name, and what it
+    costs: training epochs and further training-image passes (traces) of a quantized or
+    float model, and evaluations of the evaluation split."""
+    part: str
+    name: str
+    epochs: float
+    quantized: bool = True
+    images: int = 0
+    evals: int = 1
+
+
+#: the option of the modes with parts: this job works on one part only (a campaign's fan-out)
+WORKER = ("--worker", {"default": None, "metavar": "PART",
+                       "help": "for --mode mqat, cube, ptq, fisher: run only the children of PART that no other "
+                               "job holds, then stop (a campaign's fan-out job)"})
 
 
 @dataclass(frozen=True)
@@ -45,6 +65,11 @@ class Mode:
     reads: bool = False
     #: its command-line options: (flag, argparse keywords); modes may share one
     options: tuple[tuple[str, dict], ...] = ()
+    #: parts of independent child runs, each with the parts it needs finished first; jobs
+    #: of one experiment then share it (children are claimed one by one, engine.claims)
+    parts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: its child runs as a campaign plans them, from the configuration and the task
+    plan: Callable[[dict, object], list[Child]] | None = None
 
 
 def _discover() -> dict[str, Mode]:

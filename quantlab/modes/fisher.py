@@ -5,19 +5,20 @@ the target, `fisher_overall` / `fisher_critical` solve the PTQ ILP (same ranges,
 quantization error) with the Fisher trace of the overall / the critical objective as
 sensitivity. Each allocation is then trained by QAT from the float checkpoint once for
 every Fisher-trace regularizer weight lambda (0 = none). Results, traces and allocations
-are ledgers under `fisher/`, so an interrupted run resumes where it stopped.
+are ledgers under `fisher/`, so an interrupted run resumes where it stopped, and jobs
+sharing the experiment (`--worker runs`) take one QAT run each.
 """
 from __future__ import annotations
 
+from quantlab.engine.claims import Claimed, Jobs
 from quantlab.engine.config import child_config
 from quantlab.engine.context import RunContext
 from quantlab.engine.runs import evaluate_child, fit_child
 from quantlab.errors import ConfigError
-from quantlab.modes import Mode, publish, task_tables
-from quantlab.modes.ptq import average_precision, check_hooks, float_traces, scheme_bits
+from quantlab.modes import WORKER, Child, Mode, publish, task_tables
+from quantlab.modes.ptq import average_precision, check_hooks, float_weights, scheme_bits, traced
 from quantlab.quant.editing import layer_rules
 from quantlab.quant.layers import FLOAT_BITS
-from quantlab.records import Ledger
 
 SCHEMES = ("uniform", "fisher_overall", "fisher_critical")
 
@@ -37,47 +38,58 @@ def check(task: object, settings: dict, ranges: dict) -> None:
     check_hooks(task, settings["schemes"], "fisher.schemes")
 
 
-def allocations(ctx: RunContext, plans: Ledger) -> None:
-    """Bits per layer of every scheme at the target, and the float model's metrics."""
+def allocations(ctx: RunContext, jobs: Jobs) -> Claimed:
+    """Bits per layer of every scheme at the target, and the float model's metrics, each
+    computed once by one job (`fisher/allocations.json`)."""
     settings = ctx.cfg["fisher"]
+    plans = jobs.ledger(ctx.logbook.root / "fisher" / "allocations.json")
     if all(s in plans for s in settings["schemes"]) and "float" in plans:
-        return
-    traces = Ledger(ctx.logbook.root / "fisher" / "traces.json", writer=ctx.world.is_main)
-    tensors, counts = float_traces(ctx, settings["schemes"], traces)
+        return plans
+    traces = jobs.ledger(ctx.logbook.root / "fisher" / "traces.json")
+    model, tensors, counts = float_weights(ctx)
+
+    def allocate(scheme: str) -> dict:
+        trace = traced(ctx, traces, scheme, model, tensors)
+        bits = scheme_bits(scheme, settings["target"], tensors, counts, trace, ctx.cfg["ptq"])
+        return {"bits": bits, "average_bits": average_precision(bits, counts)}
     for scheme in settings["schemes"]:
-        if scheme not in plans:
-            bits = scheme_bits(scheme, settings["target"], tensors, counts, traces.entries, ctx.cfg["ptq"])
-            plans.record(scheme, {"bits": bits, "average_bits": average_precision(bits, counts)})
-    if "float" not in plans:
-        metrics = evaluate_child(ctx.child("fisher/float"), ctx.start, [], "float")
-        plans.record("float", {"bits": {}, "average_bits": float(FLOAT_BITS), "metrics": metrics})
+        plans.obtain(scheme, lambda: allocate(scheme))
+    plans.obtain("float", lambda: {"bits": {}, "average_bits": float(FLOAT_BITS), "metrics": evaluate_child(
+        ctx.child("fisher/float"), ctx.start, [], "float")})
+    return plans
 
 
 def run(ctx: RunContext) -> None:
     """Every scheme x regularizer weight: QAT at the scheme's bits in the child
-    `fisher/<scheme>_lambda<weight>`; results in `fisher/results.json`, then the table."""
+    `fisher/<scheme>_lambda<weight>` (the part `runs`: jobs sharing the experiment take one
+    each); results in `fisher/results.json`, then the table."""
     settings, task = ctx.cfg["fisher"], ctx.task
     check(task, settings, ctx.cfg["ptq"]["ranges"])
-    plans = Ledger(ctx.logbook.root / "fisher" / "allocations.json", writer=ctx.world.is_main)
-    allocations(ctx, plans)
-    results = Ledger(ctx.logbook.root / "fisher" / "results.json", writer=ctx.world.is_main)
-    for scheme in settings["schemes"]:
+    jobs = Jobs(ctx, "fisher", tuple(MODE.parts))
+    plans = allocations(ctx, jobs)
+    results = jobs.ledger(ctx.logbook.root / "fisher" / "results.json")
+
+    def train(scheme: str, weight: float) -> dict:
         plan = plans.entries[scheme]
-        twin = next((s for s in settings["schemes"][:settings["schemes"].index(scheme)]
-                     if plans.entries[s]["bits"] == plan["bits"]), None)
-        for weight in settings["regularizers"]:
-            key = run_key(scheme, weight)
-            if key in results:
-                continue
-            if twin is not None:  # the same bits train to the same model: reuse that run
-                results.record(key, dict(results.entries[run_key(twin, weight)], scheme=scheme, same_as=twin))
-                continue
-            cfg = child_config(ctx.cfg, str(ctx.start), layer_rules(plan["bits"], settings["algorithm"]),
-                               settings["epochs"])
-            cfg["quantize"]["fisher_regularizer"] = float(weight)
-            metrics = fit_child(ctx.child(f"fisher/{scheme}_lambda{weight:g}", cfg), ctx.start)
-            results.record(key, {"scheme": scheme, "regularizer": weight, "average_bits": plan["average_bits"],
-                                 "metrics": metrics})
+        cfg = child_config(ctx.cfg, str(ctx.start), layer_rules(plan["bits"], settings["algorithm"]),
+                           settings["epochs"])
+        cfg["quantize"]["fisher_regularizer"] = float(weight)
+        metrics = fit_child(ctx.child(f"fisher/{scheme}_lambda{weight:g}", cfg), ctx.start)
+        return {"scheme": scheme, "regularizer": weight, "average_bits": plan["average_bits"], "metrics": metrics}
+
+    with jobs.part("runs"):
+        for scheme in settings["schemes"]:
+            twin = twin_of(settings["schemes"], plans.entries, scheme)
+            for weight in settings["regularizers"]:
+                if twin is None:
+                    results.obtain(run_key(scheme, weight), lambda: train(scheme, weight))
+                elif run_key(twin, weight) in results:  # the same bits train to the same model: reuse that run
+                    results.obtain(run_key(scheme, weight), lambda: dict(results.entries[run_key(twin, weight)],
+                                                                         scheme=scheme, same_as=twin))
+    if jobs.stops_after("runs"):
+        return
+    for scheme in settings["schemes"]:
+        twin, plan = twin_of(settings["schemes"], plans.entries, scheme), plans.entries[scheme]
         for weight in settings["regularizers"]:
             entry = results.entries[run_key(scheme, weight)]
             ctx.say(f"QAT {scheme:<16} lambda {weight:<6g} (average {plan['average_bits']:.2f} bits"
@@ -87,5 +99,23 @@ def run(ctx: RunContext) -> None:
     publish(ctx, task_tables(ctx, "fisher"))
 
 
+def twin_of(schemes: list[str], plans: dict[str, dict], scheme: str) -> str | None:
+    """An earlier scheme that chose exactly the same bits (its runs are reused)."""
+    return next((s for s in schemes[:schemes.index(scheme)] if plans[s]["bits"] == plans[scheme]["bits"]), None)
+
+
+def fisher_children(cfg: dict, task: object) -> list[Child]:
+    """One QAT run per scheme and regularizer weight (a twin scheme's cost counted too: the
+    bits are not known before the traces), the first of each Fisher scheme with its traces."""
+    settings = cfg["fisher"]
+    children = []
+    for scheme in settings["schemes"]:
+        for i, weight in enumerate(settings["regularizers"]):
+            images = cfg["ptq"]["images"] if scheme != "uniform" and i == 0 else 0
+            children.append(Child("runs", run_key(scheme, weight), settings["epochs"], images=images))
+    return children
+
+
 MODE = Mode("fisher", "Fisher-aware mixed-precision QAT with and without the Fisher-trace regularizer", run,
-            section="fisher", trains=True, children=True, needs_start=True)
+            section="fisher", trains=True, children=True, needs_start=True, options=(WORKER,),
+            parts={"runs": ()}, plan=fisher_children)

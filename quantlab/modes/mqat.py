@@ -1,48 +1,65 @@
 """--mode mqat: modular QAT end to end. The module cube (--mode cube), the flow (by the
 cube's ranking, or every order), the bit plan under `mqat.min_compression`, staged QAT of
 every planned assignment in the flow (the best is the result), the baselines the tables
-compare it with, then the tables. Everything runs as resumable child experiments."""
+compare it with, then the tables. Everything runs as resumable child experiments, in four
+parts that separate jobs may share (`--worker`): the cube, the exhaustive flow's orders,
+the bit search's candidates (after both) and the baselines (beside them)."""
 from __future__ import annotations
 
+import itertools
+
+from quantlab.engine.claims import Claimed, Jobs
 from quantlab.engine.config import overlaid
 from quantlab.engine.context import RunContext
 from quantlab.errors import ConfigError
-from quantlab.modes import Mode, publish, task_tables
-from quantlab.modes.cube import cube, ledger
+from quantlab.modes import WORKER, Child, Mode, publish, task_tables
+from quantlab.modes.cube import cube, cube_children, ledger
 from quantlab.modes.hawq import run_hawq
 from quantlab.mqat.runner import FINETUNE, candidate_key, staged
 from quantlab.mqat.search import bit_search, exhaustive_flow, model_size, plan_bits
 from quantlab.mqat.tables import TABLES
 from quantlab.quant.editing import pattern_of, quantizable_weights
 from quantlab.quant.layers import FLOAT_BITS
-from quantlab.records import Ledger
+
+PARTS = {"cube": (), "flow": (), "bits": ("cube", "flow"), "baselines": ()}
 
 
-def module_weights(ctx: RunContext) -> tuple[dict[str, int], int]:
+def module_weights(cfg: dict, task) -> tuple[dict[str, int], int]:
     """Weights each module would quantize (its quantizable layers outside
     `quantize.exclude`) and the count of every other parameter (kept float)."""
-    model = ctx.task.build_network()
-    layers = quantizable_weights(model, ctx.cfg["quantize"]["exclude"], ctx.task.patterns)
+    model = task.build_network()
+    layers = quantizable_weights(model, cfg["quantize"]["exclude"], task.patterns)
     counts = {}
-    for module in ctx.task.groups:
-        regex = pattern_of(module, ctx.task.patterns)
+    for module in task.groups:
+        regex = pattern_of(module, task.patterns)
         counts[module] = sum(t.numel() for n, ts in layers.items() if regex.fullmatch(n) for t in ts)
     return counts, sum(p.numel() for p in model.parameters()) - sum(counts.values())
 
 
 def run(ctx: RunContext) -> None:
     settings, modules = ctx.cfg["mqat"], list(ctx.task.groups)
-    weights, rest = module_weights(ctx)
+    weights, rest = module_weights(ctx.cfg, ctx.task)
     float_size = model_size({m: FLOAT_BITS for m in modules}, weights, rest)
     lowest = float_size / model_size({m: min(settings["grid"]) for m in modules}, weights, rest)
     if lowest < settings["min_compression"]:  # before any run: no assignment of the grid can fit
         raise ConfigError(f"config key 'mqat.min_compression': {settings['min_compression']:g}x is out of reach "
                           f"(every module at {min(settings['grid'])} bits of mqat.grid gives {lowest:.2f}x)")
-    done = ledger(ctx)
-    found = cube(ctx, done)
-    run_candidate = staged(ctx, done)
+    jobs = Jobs(ctx, "mqat", tuple(PARTS))
+    done = ledger(jobs, ctx)
+    if jobs.stops_after("baselines"):
+        baselines(ctx, done, weights, rest)
+        return
+    if jobs.stops_after("flow") and settings["flow"] != "exhaustive":
+        return  # the ranking flow comes from the cube: no runs of its own
+    if not jobs.stops_after("flow"):
+        found = cube(ctx, done)
+        if jobs.stops_after("cube"):
+            return
     if settings["flow"] == "exhaustive":
-        order, flow_evidence = exhaustive_flow(modules, run_candidate, settings["probe_bits"])
+        with jobs.part("flow"):
+            order, flow_evidence = exhaustive_flow(modules, staged(ctx, done), settings["probe_bits"])
+        if jobs.stops_after("flow"):
+            return
     else:
         order, flow_evidence = found.ranking, [{"ranking": found.singles}]
     plan = plan_bits(modules, settings["grid"], weights, rest, settings["min_compression"], found,
@@ -52,7 +69,10 @@ def run(ctx: RunContext) -> None:
                                                   "fixed": plan.fixed, "weights": weights, "rest": rest})
     ctx.say(f"flow {' -> '.join(order)}; bit search: {len(plan.assignments)} runs instead of the full grid's "
             f"{plan.full_grid} (pinned to the lowest bits: {plan.fixed or 'none'})")
-    bits, evidence = bit_search(plan, order, run_candidate)
+    with jobs.part("bits"):
+        bits, evidence = bit_search(plan, order, staged(ctx, done))
+    if jobs.stops_after("bits"):
+        return
     best = done.entries[candidate_key(bits, order)]
     floats = done.entries[candidate_key({m: FLOAT_BITS for m in modules}, None)]
     result = {"bits": bits, "order": order, "metric": best["metric"], "metrics": best.get("metrics", {}),
@@ -67,11 +87,20 @@ def run(ctx: RunContext) -> None:
     publish(ctx, TABLES + task_tables(ctx, "mqat"))
 
 
-def baselines(ctx: RunContext, done: Ledger, weights: dict[str, int], rest: int) -> dict:
+def baselines(ctx: RunContext, done: Claimed, weights: dict[str, int], rest: int) -> dict:
     """What the tables compare MQAT with (`mqat.baselines`), each run once: the float
     model fine-tuned like a probe (what fine-tuning alone does), one module alone at each
     ablation bit-width, uniform QAT of every module per algorithm and bits, and HAWQ-V3
-    at each budget of `mqat.baselines.hawq` (child `hawq-<budget>x`). `mqat/baselines.json`."""
+    at each budget of `mqat.baselines.hawq` (child `hawq-<budget>x`): the part `baselines`.
+    `mqat/baselines.json`, once every run is in (a worker may see only some)."""
+    with done.jobs.part("baselines"):
+        out = _baselines(ctx, done, weights, rest)
+    if not done.jobs.pending:
+        ctx.logbook.write_json("mqat/baselines.json", out)
+    return out
+
+
+def _baselines(ctx: RunContext, done: Claimed, weights: dict[str, int], rest: int) -> dict:
     settings, modules = ctx.cfg["mqat"]["baselines"], list(ctx.task.groups)
     float_size = model_size({m: FLOAT_BITS for m in modules}, weights, rest)
     out: dict = {}
@@ -98,12 +127,37 @@ def baselines(ctx: RunContext, done: Ledger, weights: dict[str, int], rest: int)
                                    "compression": float_size / model_size(bits, weights, rest)})
     out["hawq"] = []
     for budget in settings["hawq"]:
+        name = f"hawq-{budget:g}x"
         cfg = overlaid(ctx.cfg, {"hawq": {"min_compression": budget}})
-        hawq = run_hawq(ctx.child(f"hawq-{budget:g}x", cfg))
-        out["hawq"].append({"budget": budget, **{k: hawq[k] for k in ("metric", "compression", "bits", "experiment")}})
-    ctx.logbook.write_json("mqat/baselines.json", out)
+        hawq = done.obtain(name, lambda: {k: v for k, v in run_hawq(ctx.child(name, cfg)).items()
+                                          if k in ("metric", "compression", "bits", "experiment")})
+        if hawq is not None:
+            out["hawq"].append({"budget": budget, **hawq})
     return out
 
 
+def mqat_children(cfg: dict, task) -> list[Child]:
+    """The cube, the exhaustive flow's orders, the bit search's candidates (all that the
+    budget admits before the cube pins any module: an upper bound) and the baselines."""
+    settings, base, modules = cfg["mqat"], cfg["mqat"]["baselines"], list(task.groups)
+    epochs = settings["stage_epochs"]
+    children = cube_children(cfg, task)
+    if settings["flow"] == "exhaustive":
+        children += [Child("flow", ">".join(o), epochs * len(o)) for o in itertools.permutations(modules)]
+    weights, rest = module_weights(cfg, task)
+    plan = plan_bits(modules, settings["grid"], weights, rest, settings["min_compression"])
+    children += [Child("bits", "-".join(str(b[m]) for m in modules),
+                       epochs * sum(b[m] != FLOAT_BITS for m in modules)) for b in plan.assignments]
+    if base["ablation_module"] is not None:
+        children += [Child("baselines", f"{base['ablation_module']}@{b}", epochs) for b in base["ablation_bits"]]
+    if base["float_finetune"]:
+        children.append(Child("baselines", "float fine-tuned", epochs, quantized=False))
+    children += [Child("baselines", f"{a} uniform {b}", epochs * len(modules))
+                 for a in base["uniform_algorithms"] for b in base["uniform_bits"]]
+    children += [Child("baselines", f"hawq-{b:g}x", cfg["hawq"]["epochs"]) for b in base["hawq"]]
+    return children
+
+
 MODE = Mode("mqat", "modular QAT: cube, flow, bit search, staged QAT, baselines and the MQAT tables", run,
-            section="mqat", tables=TABLES, trains=True, children=True, needs_start=True)
+            section="mqat", tables=TABLES, trains=True, children=True, needs_start=True, options=(WORKER,),
+            parts=PARTS, plan=mqat_children)

@@ -12,7 +12,8 @@ Schemes (`ptq.schemes`):
 - fisher_overall / fisher_critical: squared-gradient Fisher trace of the training loss /
   of the task's critical-category loss.
 Traces use `ptq.images` training images (class-balanced where the task can pick them),
-split over the ranks and averaged.
+split over the ranks and averaged. Jobs sharing the experiment (`--worker schemes`) take
+one scheme's traces or one evaluation at a time.
 """
 from __future__ import annotations
 
@@ -21,15 +22,15 @@ from typing import Callable
 import torch
 
 from quantlab.engine import distributed as dist
+from quantlab.engine.claims import Claimed, Jobs
 from quantlab.engine.context import RunContext
 from quantlab.engine.runs import evaluate_child, load_model
 from quantlab.engine.task import to_device
 from quantlab.errors import ConfigError
-from quantlab.modes import Mode, publish, task_tables
+from quantlab.modes import WORKER, Child, Mode, publish, task_tables
 from quantlab.quant.editing import layer_rules, quantizable_weights
 from quantlab.quant.layers import FLOAT_BITS
 from quantlab.quant.quantizers import symmetric_linear
-from quantlab.records import Ledger
 from quantlab.sensitivity.fisher import fisher_traces
 from quantlab.sensitivity.hessian import hutchinson_traces
 from quantlab.sensitivity.ilp import average_bits
@@ -121,43 +122,68 @@ def scheme_bits(scheme: str, target: int, tensors: dict[str, list[torch.Tensor]]
                           f"{low}..{high} bits ({exc})") from None
 
 
-def float_traces(ctx: RunContext, schemes: list[str], traces: Ledger
-                 ) -> tuple[dict[str, list[torch.Tensor]], dict[str, int]]:
-    """The float start's quantizable weight tensors and counts, with the traces of
-    `schemes` in `traces` (computed once: a resumed run keeps them)."""
+def float_weights(ctx: RunContext) -> tuple[torch.nn.Module, dict[str, list[torch.Tensor]], dict[str, int]]:
+    """The float start, its quantizable weight tensors and their element counts."""
     model = load_model(ctx, ctx.start)
     tensors = quantizable_weights(model, ctx.cfg["quantize"]["exclude"], ctx.task.patterns)
-    counts = {name: sum(t.numel() for t in ts) for name, ts in tensors.items()}
-    todo = [s for s in schemes if s != "uniform" and s not in traces]
-    if todo:
-        indices = sample(ctx.task, ctx.cfg["ptq"]["images"], ctx.cfg["seed"])
-        for scheme in todo:
-            traces.record(scheme, scheme_traces(ctx, scheme, model, tensors, indices))
-    return tensors, counts
+    return model, tensors, {name: sum(t.numel() for t in ts) for name, ts in tensors.items()}
+
+
+def traced(ctx: RunContext, traces: Claimed, scheme: str, model: torch.nn.Module,
+           tensors: dict[str, list[torch.Tensor]]) -> dict[str, dict] | None:
+    """`{scheme: its traces}` (none for uniform), computed once by one job: None while
+    another job computes them (for a worker of their part)."""
+    if scheme == "uniform":
+        return {}
+    found = traces.obtain(scheme, lambda: scheme_traces(ctx, scheme, model, tensors, sample(
+        ctx.task, ctx.cfg["ptq"]["images"], ctx.cfg["seed"])))
+    return None if found is None else {scheme: found}
 
 
 def run(ctx: RunContext) -> None:
-    """Every scheme at every target (and uniform at `reference_bits`), each evaluated once."""
+    """Every scheme at every target (and uniform at `reference_bits`), each evaluated once
+    (the part `schemes`: jobs sharing the experiment take one traces or evaluation each)."""
     settings = ctx.cfg["ptq"]
     check_hooks(ctx.task, settings["schemes"], "ptq.schemes")
-    results = Ledger(ctx.logbook.root / "ptq" / "results.json", writer=ctx.world.is_main)
-    traces = Ledger(ctx.logbook.root / "ptq" / "traces.json", writer=ctx.world.is_main)
-    tensors, counts = float_traces(ctx, settings["schemes"], traces)
+    jobs = Jobs(ctx, "ptq", tuple(MODE.parts))
+    results = jobs.ledger(ctx.logbook.root / "ptq" / "results.json")
+    traces = jobs.ledger(ctx.logbook.root / "ptq" / "traces.json")
+    model, tensors, counts = float_weights(ctx)
     plans = [("float", FLOAT_BITS), ("uniform", settings["reference_bits"])]
     plans += [(s, t) for t in settings["targets"] for s in settings["schemes"]]
-    for scheme, target in plans:
-        key = f"{scheme}@{target}"
-        if key in results:
-            continue
-        bits = {} if scheme == "float" else scheme_bits(scheme, target, tensors, counts, traces.entries, settings)
+
+    def evaluate(scheme: str, target: int, trace: dict[str, dict]) -> dict:
+        bits = {} if scheme == "float" else scheme_bits(scheme, target, tensors, counts, trace, settings)
         average = average_precision(bits, counts)
         metrics = evaluate_child(ctx.child(f"ptq/{scheme}_{target}"), ctx.start, layer_rules(bits, "symmetric"), "ptq")
-        results.record(key, {"scheme": scheme, "target": target, "bits": bits, "average_bits": average,
-                             "metrics": metrics})
         ctx.say(f"PTQ {scheme:<16} at {target:>2} bits (average {average:.2f}): {ctx.task.best_metric} "
                 f"{metrics[ctx.task.best_metric]:.2f}")
-    publish(ctx, task_tables(ctx, "ptq"))
+        return {"scheme": scheme, "target": target, "bits": bits, "average_bits": average, "metrics": metrics}
+
+    with jobs.part("schemes"):
+        for scheme, target in plans:
+            trace = {} if scheme == "float" else traced(ctx, traces, scheme, model, tensors)
+            if trace is not None:
+                results.obtain(f"{scheme}@{target}", lambda: evaluate(scheme, target, trace))
+    if not jobs.stops_after("schemes"):
+        publish(ctx, task_tables(ctx, "ptq"))
+
+
+def ptq_children(cfg: dict, task: object) -> list[Child]:
+    """One evaluation per scheme and target, the first of each traced scheme with its
+    traces (`ptq.images` backward passes, `ptq.samples` each for the Hutchinson ones)."""
+    settings = cfg["ptq"]
+    plans = [("float", FLOAT_BITS), ("uniform", settings["reference_bits"])]
+    plans += [(s, t) for t in settings["targets"] for s in settings["schemes"]]
+    traced, children = set(), []
+    for scheme, target in plans:
+        images = 0
+        if scheme not in ("float", "uniform") and scheme not in traced:
+            traced.add(scheme)
+            images = settings["images"] * (1 if scheme.startswith("fisher") else settings["samples"])
+        children.append(Child("schemes", f"{scheme}@{target}", 0, quantized=scheme != "float", images=images))
+    return children
 
 
 MODE = Mode("ptq", "weight-only PTQ at average-bit targets, every sensitivity scheme", run, section="ptq",
-            needs_start=True)
+            needs_start=True, options=(WORKER,), parts={"schemes": ()}, plan=ptq_children)

@@ -2,13 +2,15 @@
 evaluate. Each stage is a full data-parallel training over all Horovod ranks, started from
 the previous stage's checkpoint (the float checkpoint for the first), so a stage's
 quantized layers carry over and a finished stage is never trained again. Finished
-candidates are kept in a ledger, keyed canonically, so an interrupted search resumes.
+candidates are kept in a ledger, keyed canonically, so an interrupted search resumes; with
+a claimed ledger, jobs sharing the search run each candidate once (engine.claims).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from quantlab.engine.claims import PENDING, Claimed
 from quantlab.engine.config import child_config
 from quantlab.engine.context import RunContext
 from quantlab.engine.runs import evaluate_child, fit_child
@@ -27,17 +29,17 @@ def candidate_key(bits: dict[str, int], order: list[str] | None, algorithm: str 
     return f"{algorithm + ':' if algorithm else ''}{part}|{'>'.join(order or [])}"
 
 
-def cached(ledger: Ledger, run: Run, algorithm: str | None = None) -> Run:
-    """`run` that answers finished candidates from the ledger and records new ones."""
+def cached(ledger: Ledger | Claimed, run: Run, algorithm: str | None = None) -> Run:
+    """`run` that answers finished candidates from the ledger and records new ones (one
+    job per candidate when the ledger is claimed; PENDING where another job holds it)."""
     def wrapped(bits: dict[str, int], order: list[str] | None) -> dict[str, Any]:
-        key = candidate_key(bits, order, algorithm)
-        if key not in ledger:
-            ledger.record(key, {"bits": bits, "order": order, **run(bits, order)})
-        return ledger.entries[key]
+        entry = ledger.obtain(candidate_key(bits, order, algorithm), lambda: {"bits": bits, "order": order,
+                                                                             **run(bits, order)})
+        return PENDING if entry is None else entry
     return wrapped
 
 
-def float_metric(ctx: RunContext, ledger: Ledger) -> float:
+def float_metric(ctx: RunContext, ledger: Ledger | Claimed) -> float:
     """The float start's metric on the evaluation split (recorded like a candidate)."""
     def evaluate(bits: dict[str, int], order: list[str] | None) -> dict:
         metrics = evaluate_child(ctx.child("float"), ctx.start, [], "float")
@@ -79,6 +81,6 @@ class StagedRuns:
         return {"metric": metrics[self.ctx.task.best_metric], "metrics": metrics, "experiment": str(child.logbook.root)}
 
 
-def staged(ctx: RunContext, ledger: Ledger, algorithm: str | None = None, epochs: int | None = None) -> Run:
+def staged(ctx: RunContext, ledger: Ledger | Claimed, algorithm: str | None = None, epochs: int | None = None) -> Run:
     """The ledger-cached staged runs of `algorithm` (None: MQAT's own)."""
     return cached(ledger, StagedRuns(ctx, algorithm, epochs), algorithm)

@@ -1,0 +1,77 @@
+"""Submit a campaign's jobs to Slurm: one `sbatch` script per job (a job array for the
+workers of a part), the graph's edges as Slurm dependencies. Slurm schedules; this
+module only writes scripts, calls `sbatch` and reads `squeue`.
+
+A job that is done is not submitted again; one still queued or running from an earlier
+submit is kept (new jobs depend on it); anything else is submitted anew.
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+from quantlab.campaign.graph import Job
+from quantlab.campaign.state import DONE, CampaignState, safe
+from quantlab.errors import ConfigError
+
+
+def _slurm(args: list[str]) -> str:
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise ConfigError(f"{args[0]}: not found (submit --system with a Slurm system needs Slurm's commands)") from None
+    if out.returncode != 0:
+        raise ConfigError(f"{' '.join(args[:2])}: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout
+
+
+def alive() -> dict[str, str]:
+    """Slurm job id -> state (PENDING, RUNNING, ...) of this user's jobs in the queue; an
+    array's tasks count under the array's id."""
+    found: dict[str, str] = {}
+    for line in _slurm(["squeue", "-h", "-r", "--me", "-o", "%F|%T"]).splitlines():
+        job_id, state = line.strip().split("|")
+        found[job_id] = "RUNNING" if "RUNNING" in (state, found.get(job_id)) else state
+    return found
+
+
+def script(job: Job, state: CampaignState, command: list[str], sbatch: list[str], repo: Path) -> str:
+    """The batch script of `job`: its options, then the job process around `command`."""
+    output = state.output_path(job.name, "%a" if job.workers > 1 else 0)
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={state.root.name}:{job.name}", f"#SBATCH --output={output}",
+             *(f"#SBATCH {o}" for o in sbatch)]
+    if job.workers > 1:
+        lines.append(f"#SBATCH --array=0-{job.workers - 1}")
+    lines += [f"cd {shlex.quote(str(repo))}",
+              f"exec {shlex.quote(str(repo / '.venv' / 'bin' / 'python'))} -m quantlab.campaign.job "
+              f"{shlex.quote(str(state.root))} {shlex.quote(job.name)} \"${{SLURM_ARRAY_TASK_ID:-0}}\" -- "
+              + " ".join(shlex.quote(c) for c in command)]
+    return "\n".join(lines) + "\n"
+
+
+def submit(jobs: list[Job], state: CampaignState, command, sbatch: list[str], repo: Path, say) -> dict[str, str]:
+    """Submit every job that is not done and not queued; return job name -> Slurm id."""
+    queued = alive()
+    submitted = state.read()["submitted"]
+    ids: dict[str, str] = {}
+    done = {j.name for j in jobs if state.job_state(j.name, j.workers) == DONE}
+    for job in jobs:
+        if job.name in done:
+            continue
+        previous = submitted.get(job.name)
+        if previous in queued:
+            ids[job.name] = previous
+            say(f"{job.name}: still {queued[previous].lower()} as Slurm job {previous}")
+            continue
+        deps = [f"afterok:{ids[d]}" for d in job.after_ok if d not in done]
+        deps += [f"afterany:{ids[d]}" for d in job.after_any if d not in done]
+        path = state.jobs / f"{safe(job.name)}.sbatch"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(script(job, state, command(job), sbatch, repo))
+        args = ["sbatch", "--parsable", *([f"--dependency={','.join(deps)}"] if deps else []), str(path)]
+        ids[job.name] = _slurm(args).strip().split(";")[0]
+        say(f"{job.name}: Slurm job {ids[job.name]}" + (f" (array of {job.workers})" if job.workers > 1 else "")
+            + (f", after {', '.join(deps)}" if deps else ""))
+    state.update(submitted=ids)
+    return ids
