@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
 # One set-up command for quantlab: .venv (Python 3.11), torch, Horovod 0.28.1 (built from
-# its sdist once, wheel cached outside the clone), and the pinned Python dependencies.
+# its sdist once, wheel cached outside the clone), the pinned Python dependencies, and
+# Debian's OpenMPI, Slurm and munge (campaigns, and the suite's single-node Slurm).
 # Idempotent: a second run on a warm machine only checks what is there.
+#
+#   ./setup.sh          Horovod with NCCL where nvidia-smi lists a GPU, else CPU (gloo, MPI)
+#   ./setup.sh --gpu    Horovod with NCCL, GPU or not (a cluster's login node): needs the
+#                       CUDA toolkit (nvcc; $CUDA_HOME, default /usr/local/cuda) and uses
+#                       the NCCL that torch's wheel brought (nvidia-nccl-cu13 in the venv)
 set -euo pipefail
 cd "$(dirname "$0")"
+FLAVOUR=auto
+case "${1:-}" in
+    "") ;;
+    --gpu) FLAVOUR=nccl ;;
+    --cpu) FLAVOUR=cpu ;;
+    *) echo "usage: ./setup.sh [--gpu | --cpu]" >&2; exit 2 ;;
+esac
 
 PY=${PYTHON:-python3.11}
 VENV=.venv
@@ -15,13 +28,23 @@ CACHE=${QUANTLAB_CACHE:-$HOME/.cache/quantlab}
 
 say() { echo "[setup] $*"; }
 
-ensure_mpi() {
-    command -v mpicc >/dev/null && command -v mpirun >/dev/null && return
-    say "installing Debian's OpenMPI (libopenmpi-dev openmpi-bin)"
+apt_install() {
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo=sudo
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libopenmpi-dev openmpi-bin >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_mpi() {
+    command -v mpicc >/dev/null && command -v mpirun >/dev/null && return
+    say "installing Debian's OpenMPI (libopenmpi-dev openmpi-bin)"
+    apt_install libopenmpi-dev openmpi-bin
+}
+
+ensure_slurm() {
+    command -v sbatch >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null && return
+    say "installing Debian's Slurm and munge (slurm-wlm munge): systems/local_slurm.py, the suite's Slurm test"
+    apt_install slurm-wlm munge || say "could not install slurm-wlm munge: the Slurm test will be skipped"
 }
 
 ensure_venv() {
@@ -66,14 +89,36 @@ patch_horovod_sdist() {
     grep -q -- '-std=c++20' "$src/third_party/gloo/CMakeLists.txt" || { echo "horovod patch failed: third_party/gloo/CMakeLists.txt" >&2; exit 1; }
 }
 
+# The NCCL flavour, as built here against CUDA 13.0 and torch's NCCL 2.30: Horovod's CMake
+# finds CUDA through CUDA_HOME and NCCL through HOROVOD_NCCL_INCLUDE / HOROVOD_NCCL_LIB;
+# torch's NCCL wheel has only libnccl.so.2, so the build links against an unversioned
+# symlink in a build folder (at run time torch has loaded the same library already).
+# Kernels for compute capabilities 7.5 (CUDA 13's oldest) to 9.0; newer GPUs take 9.0's PTX.
+nccl_build_env() {
+    local work=$1 cuda=${CUDA_HOME:-/usr/local/cuda} nccl
+    [ -x "$cuda/bin/nvcc" ] || command -v nvcc >/dev/null \
+        || { echo "the GPU flavour needs the CUDA toolkit: no nvcc under CUDA_HOME=$cuda or on PATH" >&2; exit 1; }
+    nccl=$("$VENV/bin/python" -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null) \
+        || { echo "the GPU flavour needs torch's NCCL wheel (nvidia-nccl-cu13) in $VENV" >&2; exit 1; }
+    mkdir -p "$work/nccl-lib"
+    ln -sf "$nccl/lib/libnccl.so.2" "$work/nccl-lib/libnccl.so"
+    NCCL_ENV=(HOROVOD_GPU_OPERATIONS=NCCL CUDA_HOME="$cuda" HOROVOD_CUDA_HOME="$cuda"
+              HOROVOD_NCCL_INCLUDE="$nccl/include" HOROVOD_NCCL_LIB="$work/nccl-lib" HOROVOD_NCCL_LINK=SHARED
+              HOROVOD_BUILD_CUDA_CC_LIST=75,80,86,89,90)
+}
+
 ensure_horovod() {
+    local gpu=$FLAVOUR
+    if [ "$gpu" = auto ]; then
+        gpu=cpu
+        command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && gpu=nccl
+    fi
     if "$VENV/bin/python" -c "import horovod.torch" 2>/dev/null \
         && [ "$("$VENV/bin/python" -c 'import horovod; print(horovod.__version__)')" = "$HOROVOD_VERSION" ] \
-        && grep -qF "$LAUNCHER_FIX" "$("$VENV/bin/python" -c 'import horovod.runner.mpi_run as m; print(m.__file__)')"; then
+        && grep -qF "$LAUNCHER_FIX" "$("$VENV/bin/python" -c 'import horovod.runner.mpi_run as m; print(m.__file__)')" \
+        && [ "$("$VENV/bin/python" -c 'import horovod.torch as h; print("nccl" if h.nccl_built() else "cpu")')" = "$gpu" ]; then
         return
     fi
-    local gpu=cpu
-    command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && gpu=nccl
     local pyver key dir
     pyver=$("$VENV/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
     key="horovod-$HOROVOD_VERSION-p$HOROVOD_PATCHES-torch$TORCH_VERSION-$pyver-$gpu"
@@ -86,24 +131,26 @@ ensure_horovod() {
         tar xzf "$work/horovod-$HOROVOD_VERSION.tar.gz" -C "$work"
         patch_horovod_sdist "$work/horovod-$HOROVOD_VERSION" "$gpu"
         local ops=(HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1)
-        [ "$gpu" = nccl ] && ops+=(HOROVOD_GPU_OPERATIONS=NCCL)
+        NCCL_ENV=()
+        [ "$gpu" = nccl ] && nccl_build_env "$work"
         mkdir -p "$dir.tmp"
         env HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
-            "${ops[@]}" MAKEFLAGS="-j$(nproc)" HOROVOD_BUILD_ARCH_FLAGS="" \
+            "${ops[@]}" "${NCCL_ENV[@]}" MAKEFLAGS="-j$(nproc)" HOROVOD_BUILD_ARCH_FLAGS="" \
             "$VENV/bin/python" -m pip wheel -qq --no-build-isolation --no-deps -w "$dir.tmp" \
             "$work/horovod-$HOROVOD_VERSION" >"$work/build.log" 2>&1 \
             || { tail -40 "$work/build.log" >&2; echo "Horovod build failed; full log: $work/build.log" >&2; exit 1; }
         rm -rf "$dir" && mv "$dir.tmp" "$dir"
         rm -rf "$work"
     fi
-    say "installing Horovod from $dir"
+    say "installing Horovod ($gpu) from $dir"
     "${PIP[@]}" install --no-deps --force-reinstall "$dir"/horovod-*.whl
 }
 
 ensure_mpi
+ensure_slurm
 ensure_venv
 ensure_torch
 ensure_requirements
 ensure_horovod
-"$VENV/bin/horovodrun" --check-build | grep -E "PyTorch|Gloo|MPI" | sed 's/^/[setup] /'
+"$VENV/bin/horovodrun" --check-build | grep -E "PyTorch|Gloo|MPI|NCCL" | sed 's/^/[setup] /'
 say "ready: source $VENV/bin/activate"
