@@ -16,7 +16,8 @@ FORBIDDEN = {
     "quantlab.metrics": ("quantlab.engine", "quantlab.modes", "quantlab.mqat", "quantlab.sensitivity"),
     "quantlab.sensitivity": ("quantlab.engine", "quantlab.modes", "quantlab.mqat"),
     "quantlab.mqat": ("quantlab.modes", "quantlab.sensitivity"),
-    "quantlab.engine": ("quantlab.modes", "quantlab.mqat", "quantlab.sensitivity"),
+    "quantlab.engine": ("quantlab.modes", "quantlab.mqat", "quantlab.sensitivity", "quantlab.campaign"),
+    "quantlab.modes": ("quantlab.campaign",),
 }
 
 
