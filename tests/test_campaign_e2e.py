@@ -168,3 +168,42 @@ def test_slurm_campaign_cancelled_mid_child_resumes_to_the_single_job_tables(roo
     status = campaign("status", str(path), "--system", str(system), env=env)
     assert len(re.findall(r"^\s+\S+\s+done\s", status.stdout, re.M)) == 5, status.stdout
     assert_same_as_reference(root, exp)
+
+
+DETR_TINY = ["data.root=COCO-tiny", "data.synthetic.params.image_size=64", "data.synthetic.params.images={train: 8, val: 4}",
+             "input.train_scales=[64]", "input.val_size=64", "input.max_size=64", "training.batch_size=4",
+             "evaluation.batch_size=2", "engine.threads=1"]
+PTQ_SETS = ["ptq.images=4", "ptq.samples=1", "ptq.targets=[4]"]
+FISHER_SETS = ["ptq.images=4", "fisher.epochs=1"]
+
+
+def without_paths(ledger: Path) -> dict:
+    return {k: {f: v for f, v in e.items() if f != "experiment"} for k, e in json.loads(ledger.read_text()).items()}
+
+
+def test_detr_campaign_fans_out_ptq_schemes_and_fisher_runs_to_the_single_job_results(tmp_path):
+    env = env_of(tmp_path)
+    (tmp_path / "hard_storage.json").write_text(json.dumps({"data": "data", "logs": "logs"}))
+    path = tmp_path / "detr.yaml"
+    path.write_text(yaml.safe_dump({
+        "campaign": "tiny-detr", "problem": "COCO", "topology": "DETR", "profile": "mini",
+        "experiments": {"float": {"mode": "train", "overrides": [*DETR_TINY, "training.epochs=1"]},
+                        "ptq": {"mode": "ptq", "start": "float", "overrides": [*DETR_TINY, *PTQ_SETS]},
+                        "fisher": {"mode": "fisher", "start": "float", "overrides": [*DETR_TINY, *FISHER_SETS]}}}))
+    out = campaign("submit", str(path), "--system", "local", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ptq:schemes [2/2]: started" in out.stdout and "fisher:runs [2/2]: started" in out.stdout
+    logs = tmp_path / "logs" / "COCO" / "DETR"
+    state = json.loads((tmp_path / "logs" / "campaigns" / "tiny-detr" / "state.json").read_text())["experiments"]
+    for mode, sets in (("ptq", PTQ_SETS), ("fisher", FISHER_SETS)):
+        cmd = [PY, str(REPO / "main.py"), "--problem", "COCO", "--topology", "DETR", "--mode", mode]
+        for s in [*DETR_TINY, *sets, f"quantize.init={state['float']}"]:
+            cmd += ["--set", s]
+        single = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+        assert single.returncode == 0, single.stdout + single.stderr
+        reference = logs / f"exp{int(re.search(r'exp(\d{4})', single.stdout).group(1)):04d}"
+        ours = logs / f"exp{state[mode]:04d}"
+        for ledger in ("results.json", "traces.json"):
+            assert without_paths(ours / mode / ledger) == without_paths(reference / mode / ledger), (mode, ledger)
+        table = "detr_ptq" if mode == "ptq" else "detr_fisher"
+        assert (ours / "tables" / f"{table}.md").read_text() == (reference / "tables" / f"{table}.md").read_text()
