@@ -199,13 +199,12 @@ def children_status(folder: Path) -> str:
     (engine.claims) beside its ledger, held while it runs."""
     done, running, interrupted = 0, [], []
     for claim in sorted(folder.glob("*/claims/*.lock")):
-        ledger = claim.parent.parent / f"{claim.name.split('.', 1)[0]}.json"
+        stem, readable = claim.name.split(".", 1)
+        ledger = claim.parent.parent / f"{stem}.json"
         if claim.name in {claim_path(ledger, key).name for key in read_json(ledger)}:
             done += 1
-        elif held_elsewhere(claim):
-            running.append(claim.name.split(".", 1)[1].rsplit(".", 2)[0])
         else:
-            interrupted.append(claim.name.split(".", 1)[1].rsplit(".", 2)[0])
+            (running if held_elsewhere(claim) else interrupted).append(readable.rsplit(".", 2)[0])
     text = f"{done} children done"
     if running:
         text += f", running: {', '.join(running)}"
