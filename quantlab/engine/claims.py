@@ -129,7 +129,7 @@ class Jobs:
 
 class Claimed:
     """A ledger whose children are claimed through `jobs` (the interface of Ledger that
-    the searches use: `entries`, `in`, `record`, `obtain`)."""
+    the searches use: `entries`, `in`, `obtain`)."""
 
     def __init__(self, jobs: Jobs, ledger: Ledger) -> None:
         self.jobs, self.inner = jobs, ledger
@@ -138,15 +138,8 @@ class Claimed:
     def entries(self) -> dict[str, dict[str, Any]]:
         return self.inner.entries
 
-    @property
-    def path(self) -> Path:
-        return self.inner.path
-
     def __contains__(self, key: str) -> bool:
         return key in self.inner
-
-    def record(self, key: str, entry: dict[str, Any]) -> None:
-        self.inner.record(key, entry)
 
     def obtain(self, key: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
         return self.jobs.obtain(self.inner, key, run)
