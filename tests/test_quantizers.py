@@ -133,3 +133,28 @@ def test_inq_scale_is_as_good_as_brute_force(bits):
     error = ((inq_quantize(w, s, bits) - w) ** 2).sum()
     brute = min(((inq_quantize(w, c, bits) - w) ** 2).sum() for c in torch.linspace(1e-4, w.abs().max(), 4000))
     assert error <= brute * (1 + 1e-3)
+
+
+def test_lsq_clips_where_pytorchs_fused_learnable_op_lets_the_gradient_through():
+    # PyTorch's fused LSQ rounds first and tests the rounded value against the range, so
+    # v in (Q_P, Q_P + 0.5) counts as inside; the LSQ paper (ours) clips v first: there the
+    # x gradient is 0 and the step gradient is Q_P, not round(v) - v. Elsewhere they agree.
+    q_neg, q_pos = lsq_range(4, signed=True)  # -8 .. 7
+    s = 0.5
+    v = torch.tensor([0.3, -2.6, 7.2, 7.4, -8.3, 9.0, -9.1])  # 7.2, 7.4 and -8.3 lie in the disputed bands
+    g = 1.0 / (v.numel() * q_pos) ** 0.5
+    ours_x, fused_x = (v * s).requires_grad_(), (v * s).requires_grad_()
+    ours_s, fused_s = torch.tensor([s], requires_grad=True), torch.tensor([s], requires_grad=True)
+    ours = lsq(ours_x, ours_s, q_neg, q_pos)
+    fused = torch._fake_quantize_learnable_per_tensor_affine(fused_x, fused_s, torch.zeros(1), -q_neg, q_pos,
+                                                             g)
+    assert torch.allclose(ours, fused)  # forward: round(clip(v)) = clip(round(v)) for integer bounds
+    ours.sum().backward()
+    fused.sum().backward()
+    assert ours_x.grad.tolist() == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert fused_x.grad.tolist() == [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    # step gradients by hand: inside round(v) - v; clipped -Q_N or Q_P
+    per_element = [0.0 - 0.3, -3.0 + 2.6, 7.0, 7.0, -8.0, 7.0, -8.0]
+    fused_element = [0.0 - 0.3, -3.0 + 2.6, 7.0 - 7.2, 7.0 - 7.4, -8.0 + 8.3, 7.0, -8.0]
+    assert ours_s.grad.item() == pytest.approx(g * sum(per_element), rel=1e-5)
+    assert fused_s.grad.item() == pytest.approx(g * sum(fused_element), rel=1e-5)

@@ -34,10 +34,10 @@ class INQController:
     @torch.no_grad()
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
         for layer in self.layers:
-            frozen = layer.wq.frozen()
+            trainable = layer.wq.trainable()
             for value in optimizer.state.get(layer.float_weight(), {}).values():
-                if isinstance(value, torch.Tensor) and value.shape == frozen.shape:
-                    value.masked_fill_(frozen, 0)
+                if isinstance(value, torch.Tensor) and value.shape == trainable.shape:
+                    value.mul_(trainable)
 
     def state_dict(self) -> dict:
         return {"fraction": self.fraction}

@@ -86,6 +86,13 @@ def sign_binary(w: torch.Tensor, per_channel: bool = False, axis: int = 0) -> to
     return w + (binary - w).detach()
 
 
+def _inside(v: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """1.0 where low <= v <= high, else 0.0, in v's dtype. A float mask written by
+    `torch.eq(..., out=)` runs vectorized; a bool mask, and a float-times-bool product,
+    take PyTorch's slow mixed-dtype path on CPU (4-40x slower at activation sizes)."""
+    return torch.eq(v.clamp(low, high), v, out=torch.empty_like(v))
+
+
 class _LSQ(torch.autograd.Function):
     """LSQ as one autograd node: three elementwise passes forward, three plus two dot
     products backward, so quantizing activation maps costs little more than the layer."""
@@ -103,7 +110,7 @@ class _LSQ(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         v, q, step = ctx.saved_tensors
         q_neg, q_pos = ctx.bounds
-        grad_x = grad * (v.clamp(-q_neg, q_pos) == v)  # straight through inside the range
+        grad_x = grad * _inside(v, -q_neg, q_pos)  # straight through inside the range
         # dQ/ds = round(v) - v inside, -Q_N / Q_P where clipped: q - v [inside]
         if step.numel() == 1:
             total = torch.dot(grad.reshape(-1), q.reshape(-1)) - torch.dot(grad_x.reshape(-1), v.reshape(-1))
@@ -128,7 +135,7 @@ class _ClippedSTE(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (v,) = ctx.saved_tensors
         low, high = ctx.bounds
-        return grad * (v.clamp(low, high) == v), None, None, None
+        return grad * _inside(v, low, high), None, None, None
 
 
 def clipped_ste(x: torch.Tensor, scale: torch.Tensor, low: int, high: int) -> torch.Tensor:
