@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from quantlab.quant.layers import (INQWeight, LSQActivation, LSQWeight, QuantConv2d, QuantLinear,
-                                   QuantMultiheadAttention, STEActivation, SymmetricWeight)
+                                   QuantMultiheadAttention, STEActivation, SymmetricWeight, weights_quantized_once)
 from quantlab.quant.quantizers import inq_quantize
 
 
@@ -150,3 +150,69 @@ def test_inq_freezes_the_packed_attention_projection():
                                                                  INQWeight(mha.out_proj.weight, 3)))
     INQController(model, {0: 0.5}).on_epoch_start(0)
     assert model.attn.wq.fraction() == 0.5 and model.attn.out_proj.wq.fraction() == 0.5
+
+
+def test_a_layer_run_on_several_levels_quantizes_its_weight_once_with_the_same_values_and_gradients():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    layer = QuantConv2d.from_float(conv, LSQWeight(conv.weight, 4))
+    levels = [torch.randn(2, 3, s, s) for s in (8, 4, 2)]
+    calls = []
+    layer.wq.register_forward_hook(lambda *_: calls.append(1))
+
+    def run() -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        layer.zero_grad()
+        outs = [layer(x) for x in levels]
+        sum((o ** 2).sum() for o in outs).backward()
+        return outs, layer.weight.grad.clone(), layer.wq.step.grad.clone()
+
+    separate = run()
+    assert len(calls) == 3
+    calls.clear()
+    with weights_quantized_once(layer):
+        with weights_quantized_once(layer):  # a nested use keeps the outer one's tensor
+            shared = run()
+        assert layer._once is not None
+    assert len(calls) == 1 and layer._once is None
+    for a, b in zip(separate[0], shared[0]):
+        assert torch.equal(a, b)
+    # one quantizer node receives the sum of the three uses' gradients: equal up to the order of the sums
+    assert torch.allclose(separate[1], shared[1], rtol=1e-5, atol=1e-7)
+    assert torch.allclose(separate[2], shared[2], rtol=1e-5, atol=1e-7)
+
+
+def test_inq_forward_is_the_frozen_value_where_there_is_one_and_masks_the_gradient():
+    torch.manual_seed(1)
+    w = nn.Parameter(torch.randn(6, 5))
+    inq = INQWeight(w, 3)
+    inq.freeze(w, 0.4)
+    frozen = ~torch.isnan(inq.weight_frozen)
+    out = inq(w)
+    # a second implementation of the same rule, by element
+    expected = [[float(inq.weight_frozen[i, j]) if frozen[i, j] else float(w.detach()[i, j]) for j in range(5)]
+                for i in range(6)]
+    assert out.tolist() == expected
+    out.backward(torch.full_like(out, 3.0))
+    assert w.grad.tolist() == [[0.0 if frozen[i, j] else 3.0 for j in range(5)] for i in range(6)]
+    assert inq.trainable().tolist() == [[0.0 if frozen[i, j] else 1.0 for j in range(5)] for i in range(6)]
+
+
+def test_a_compiled_quantized_layer_computes_what_the_eager_one_does():
+    # engine.compile: the compiled graph takes the calibrated range as fixed (no graph break
+    # on the calibration flag) and must give the eager values and gradients
+    torch.manual_seed(2)
+    conv = nn.Conv2d(3, 4, 3, padding=1).double()
+    eager = QuantConv2d.from_float(conv, LSQWeight(conv.weight, 4), LSQActivation(8, signed=True)).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    eager(x)
+    eager.aq.end_calibration(eager.aq.calibration_statistic())
+    compiled = QuantConv2d.from_float(conv, LSQWeight(conv.weight, 4), LSQActivation(8, signed=True)).double()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile(fullgraph=True)
+    outs = []
+    for layer in (eager, compiled):
+        out = layer(x)
+        (out ** 2).sum().backward()
+        outs.append((out.detach(), layer.weight.grad, layer.wq.step.grad, layer.aq.step.grad))
+    for a, b in zip(*outs):  # float64: only the order of the sums differs
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)

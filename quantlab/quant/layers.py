@@ -11,7 +11,9 @@ model's state_dict and Horovod's broadcast.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -131,6 +133,11 @@ class INQWeight(nn.Module):
     def frozen(self) -> torch.Tensor:
         return ~torch.isnan(self.weight_frozen)
 
+    def trainable(self) -> torch.Tensor:
+        """1.0 where an entry still trains (its frozen value is NaN), else 0.0: a float
+        mask (NaN != NaN), which CPU kernels vectorize where bool masks are 3-10x slower."""
+        return torch.ne(self.weight_frozen, self.weight_frozen, out=torch.empty_like(self.weight_frozen))
+
     def fraction(self) -> float:
         return float(self.frozen().float().mean())
 
@@ -152,7 +159,9 @@ class INQWeight(nn.Module):
         return new
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return torch.where(self.frozen(), self.weight_frozen, w)
+        """frozen value + w x trainable: the frozen value where there is one, w elsewhere
+        (exactly, for finite w), and w's gradient masked to the trainable entries."""
+        return torch.addcmul(self.weight_frozen.nan_to_num(0.0), w, self.trainable())
 
     def grid(self, w: torch.Tensor) -> Grid:
         """The level grid (step s / half, codes in [-half, half]); fully frozen layers only."""
@@ -177,6 +186,12 @@ class _CalibratedActivation(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("calibrating", torch.ones(1, dtype=torch.uint8))  # uint8: Horovod broadcasts no bool
+
+    def is_calibrating(self) -> bool:
+        """The flag, read as a Python bool in eager mode. A compiled model is built after
+        calibration (the trainer compiles after `calibrate`), so while compiling the flag
+        is taken as off: reading it would break the graph at every quantizer."""
+        return not torch.compiler.is_compiling() and bool(self.calibrating)
 
     def calibration_statistic(self) -> torch.Tensor:
         raise NotImplementedError
@@ -217,7 +232,7 @@ class STEActivation(_CalibratedActivation):
         return Grid(self.range / self.levels, -self.levels if self.signed else 0, self.levels, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool(self.calibrating):
+        if self.is_calibrating():
             self.range.copy_(torch.maximum(self.range, x.detach().abs().max().reshape(1)))
             return x
         return Q.clipped_ste(x, self.range / self.levels, -self.levels if self.signed else 0, self.levels)
@@ -251,7 +266,7 @@ class LSQActivation(_CalibratedActivation):
         return Grid(self.step.detach(), -self.q_neg, self.q_pos, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool(self.calibrating):
+        if self.is_calibrating():
             self.abs_mean_sum.add_(x.detach().abs().mean())
             self.batches.add_(1)
             return x
@@ -268,8 +283,20 @@ class _Quantized:
     wq: nn.Module
     aq: nn.Module | None
 
+    #: while `weights_quantized_once` is on: {} until the first call quantizes the weight
+    _once: dict[str, torch.Tensor] | None = None
+
     def float_weight(self) -> nn.Parameter:
         return getattr(self, self.weight_name)
+
+    def quantized_weight(self) -> torch.Tensor:
+        """wq(weight), or the value the first call computed while `weights_quantized_once`
+        is on (the same forward values; gradients of the shared uses add up in one node)."""
+        if self._once is None:
+            return self.wq(self.float_weight())
+        if "weight" not in self._once:
+            self._once["weight"] = self.wq(self.float_weight())
+        return self._once["weight"]
 
     def _take_over(self, layer: nn.Module, wq: nn.Module, aq: nn.Module | None) -> None:
         self.load_state_dict(layer.state_dict())
@@ -291,7 +318,7 @@ class QuantConv2d(_Quantized, nn.Conv2d):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self._input(x), self.wq(self.weight), self.bias)
+        return self._conv_forward(self._input(x), self.quantized_weight(), self.bias)
 
 
 class QuantConvTranspose2d(_Quantized, nn.ConvTranspose2d):
@@ -313,7 +340,7 @@ class QuantConvTranspose2d(_Quantized, nn.ConvTranspose2d):
         x = self._input(x)
         output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size,
                                               2, self.dilation)
-        return F.conv_transpose2d(x, self.wq(self.weight), self.bias, self.stride, self.padding, output_padding,
+        return F.conv_transpose2d(x, self.quantized_weight(), self.bias, self.stride, self.padding, output_padding,
                                   self.groups, self.dilation)
 
 
@@ -328,7 +355,7 @@ class QuantLinear(_Quantized, nn.Linear):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._input(x), self.wq(self.weight), self.bias)
+        return F.linear(self._input(x), self.quantized_weight(), self.bias)
 
 
 class QuantMultiheadAttention(_Quantized, nn.MultiheadAttention):
@@ -362,9 +389,25 @@ class QuantMultiheadAttention(_Quantized, nn.MultiheadAttention):
         if self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         out, weights = F.multi_head_attention_forward(
-            query, key, value, self.embed_dim, self.num_heads, self.wq(self.in_proj_weight),
+            query, key, value, self.embed_dim, self.num_heads, self.quantized_weight(),
             self.in_proj_bias, None, None, self.add_zero_attn, self.dropout,
-            self.out_proj.wq(self.out_proj.weight), self.out_proj.bias, training=self.training,
+            self.out_proj.quantized_weight(), self.out_proj.bias, training=self.training,
             key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask,
             average_attn_weights=average_attn_weights, is_causal=is_causal)
         return (out.transpose(0, 1) if self.batch_first else out), weights
+
+
+@contextlib.contextmanager
+def weights_quantized_once(module: nn.Module) -> Iterator[None]:
+    """Within: every quantized layer of `module` quantizes its weight at its first call and
+    reuses that tensor, for a network that runs one layer several times in a forward (a
+    head shared over pyramid levels). Nested uses keep the outer one's values."""
+    started = [m for m in module.modules() if isinstance(m, _Quantized) and m._once is None]
+    for layer in started:
+        layer._once = {}
+    try:
+        yield
+    finally:
+        for layer in started:
+            layer._once = None
+

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from quantlab.quant.layers import weights_quantized_once
+
 DARKNET_CHANNELS = (64, 128, 256, 512, 1024)
 DARKNET_RESIDUALS = (1, 2, 8, 8, 4)
 
@@ -149,8 +151,11 @@ class PoseHead(nn.Module):
         self.scales = nn.ModuleList([Scale() for _ in range(n_levels)])
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        logits = [self.cls_logits(self.cls_tower(f)) for f in feats]
-        poses = [scale(self.pose_pred(self.pose_tower(f))) for f, scale in zip(feats, self.scales)]
+        """The same convolutions on every level: a quantized head quantizes its weights
+        once per forward, not once per level."""
+        with weights_quantized_once(self):
+            logits = [self.cls_logits(self.cls_tower(f)) for f in feats]
+            poses = [scale(self.pose_pred(self.pose_tower(f))) for f, scale in zip(feats, self.scales)]
         return logits, poses
 
 
