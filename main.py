@@ -98,9 +98,10 @@ def run(args: argparse.Namespace) -> int:
 
     mode: Mode = MODES[args.mode]
     cfg, data_root, logs_root, dropped = configure(args)
-    world = dist.init(cfg["engine"]["threads"], cfg["engine"]["stall_timeout"])
-    progress.configure(cfg["engine"]["progress_interval"])
     preflight.device(cfg["engine"]["device"])
+    world = dist.init(cfg["engine"]["threads"], cfg["engine"]["stall_timeout"], cfg["engine"]["horovod"],
+                      on_cpu=dist.on_cpu(cfg["engine"]["device"]))
+    progress.configure(cfg["engine"]["progress_interval"])
     device = dist.device_for(world, cfg["engine"]["device"])
     task = importlib.import_module(f"problems.{args.problem}.{args.topology}").build_task(cfg, data_root)
     given = {**{flag.lstrip("-"): getattr(args, flag.lstrip("-")) for flag in options()}, "overrides": args.overrides}

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from quantlab.engine import distributed as dist
+from quantlab.engine.loaders import pin_memory
 
 
 def test_broadcasting_a_fresh_optimizer_leaves_the_weights_alone():
@@ -35,3 +36,42 @@ def test_evaluation_batches_do_not_depend_on_the_number_of_ranks():
     two = [dist.shard_batches(10, 3, dist.World(r, 2, r, 2)) for r in range(2)]
     assert one == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
     assert two == [[[0, 1, 2], [6, 7, 8]], [[3, 4, 5], [9]]]
+
+
+def test_engine_horovod_settings_become_the_variables_horovod_and_open_mpi_read():
+    settings = {"cycle_time_ms": 2.5, "fusion_threshold_mb": 64, "mpi_yield": "auto",
+                "compression": "none", "backward_passes_per_step": 1}
+    assert dist.horovod_environment(settings, on_cpu=True) == {
+        "HOROVOD_CYCLE_TIME": "2.5", "HOROVOD_FUSION_THRESHOLD": str(64 * 2 ** 20), "OMPI_MCA_mpi_yield_when_idle": "1"}
+    unset = {**settings, "cycle_time_ms": None, "fusion_threshold_mb": None}
+    assert dist.horovod_environment(unset, on_cpu=False) == {"OMPI_MCA_mpi_yield_when_idle": "0"}
+    assert dist.horovod_environment({**unset, "mpi_yield": True}, on_cpu=False) == {"OMPI_MCA_mpi_yield_when_idle": "1"}
+    assert dist.horovod_environment({**unset, "mpi_yield": False}, on_cpu=True) == {"OMPI_MCA_mpi_yield_when_idle": "0"}
+
+
+def test_pinned_memory_only_for_cuda_unless_asked():
+    assert not pin_memory("auto", torch.device("cpu")) and pin_memory("auto", torch.device("cuda", 0))
+    assert pin_memory(True, torch.device("cpu")) and not pin_memory(False, torch.device("cuda", 0))
+
+
+def test_two_accumulated_halves_step_as_one_batch_of_their_mean():
+    # what the trainer relies on for engine.horovod.backward_passes_per_step: Horovod's
+    # optimizer sums the k local passes (each loss / k) and steps once on their mean
+    dist.init(1)
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3), torch.randn(8, 2)
+    whole, halves = nn.Linear(3, 2), nn.Linear(3, 2)
+    halves.load_state_dict(whole.state_dict())
+    one = dist.distributed_optimizer(torch.optim.SGD(whole.parameters(), lr=0.1), whole,
+                                     {"compression": "none", "backward_passes_per_step": 1})
+    two = dist.distributed_optimizer(torch.optim.SGD(halves.parameters(), lr=0.1), halves,
+                                     {"compression": "none", "backward_passes_per_step": 2})
+    one.zero_grad()
+    nn.functional.mse_loss(whole(x), y).backward()
+    one.step()
+    two.zero_grad()
+    for part in (slice(0, 4), slice(4, 8)):
+        (nn.functional.mse_loss(halves(x[part]), y[part]) / 2).backward()
+    two.step()
+    for a, b in zip(whole.parameters(), halves.parameters()):
+        assert torch.allclose(a, b, atol=1e-7)

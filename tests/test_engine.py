@@ -313,3 +313,13 @@ def test_mqat_mode_runs_cube_flow_and_bit_search_to_a_compressed_model(storage):
     table = run(main_cmd("--mode", "table", "--exp_id", "1", "--table", "cube"), storage)
     assert table.returncode == 0, table.stderr
     assert (exp / "tables" / "cube.md").read_text() == cube and "### Module cube" in table.stdout
+
+
+def test_accumulated_fp16_gradients_on_two_ranks_step_once_per_group_and_agree(storage):
+    # 16 images, batch 4, 2 ranks: 2 batches per rank and epoch; 2 passes a step -> 1 step an epoch
+    sets = ["engine.horovod.backward_passes_per_step=2", "engine.horovod.compression=fp16", "engine.eval_every=0"]
+    out = run(main_cmd("--mode", "train", sets=sets), storage, ranks=2)
+    assert out.returncode == 0, out.stdout + out.stderr
+    last = load(exp_dir(storage) / "saves" / "last.pt")
+    assert len(set(last["rank_digests"])) == 1
+    assert {float(state["step"]) for state in last["optimizer"]["state"].values()} == {2.0}

@@ -6,6 +6,7 @@ from torch.utils.data import DataLoader
 
 from quantlab.engine import distributed as dist
 from quantlab.engine.context import RunContext
+from quantlab.engine.loaders import pin_memory
 from quantlab.engine.task import to_device
 from quantlab.progress import progress
 
@@ -19,7 +20,8 @@ def evaluate(ctx: RunContext, model: torch.nn.Module, split: str, tag: str, quie
     task = ctx.task
     data = task.dataset(split, train=False)
     batches = dist.shard_batches(len(data), ctx.cfg["evaluation"]["batch_size"], ctx.world)
-    loader = DataLoader(data, batch_sampler=batches, collate_fn=task.collate, num_workers=ctx.cfg["engine"]["workers"])
+    loader = DataLoader(data, batch_sampler=batches, collate_fn=task.collate, num_workers=ctx.cfg["engine"]["workers"],
+                        pin_memory=pin_memory(ctx.cfg["engine"]["pin_memory"], ctx.device))
     model.eval()
     predictions: list[dict] = []
     for batch in progress(loader, desc=f"eval {split}", enabled=ctx.world.is_main):

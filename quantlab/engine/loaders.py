@@ -1,6 +1,7 @@
 """The training data of a run: this rank's shard of the augmented training split."""
 from __future__ import annotations
 
+import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from quantlab.engine.context import RunContext
@@ -13,5 +14,11 @@ def train_loader(ctx: RunContext) -> tuple[object, DistributedSampler, DataLoade
     sampler = DistributedSampler(data, num_replicas=ctx.world.size, rank=ctx.world.rank, shuffle=True,
                                  seed=ctx.cfg["seed"], drop_last=True)
     loader = DataLoader(data, batch_size=ctx.cfg["training"]["batch_size"], sampler=sampler,
-                        collate_fn=ctx.task.collate, num_workers=ctx.cfg["engine"]["workers"], drop_last=True)
+                        collate_fn=ctx.task.collate, num_workers=ctx.cfg["engine"]["workers"], drop_last=True,
+                        pin_memory=pin_memory(ctx.cfg["engine"]["pin_memory"], ctx.device))
     return data, sampler, loader
+
+
+def pin_memory(choice: bool | str, device: torch.device) -> bool:
+    """`engine.pin_memory`: page-locked batches only help copies to a GPU (auto: on CUDA)."""
+    return device.type == "cuda" if choice == "auto" else bool(choice)

@@ -71,7 +71,7 @@ class Trainer:
         self.model.to(ctx.device)
         base = build_optimizer(list(self.model.named_parameters()), self.train_cfg, world.size,
                                cfg["engine"]["lr_scaling"])
-        self.optimizer = dist.distributed_optimizer(base, self.model)
+        self.optimizer = dist.distributed_optimizer(base, self.model, cfg["engine"]["horovod"])
         self.schedule = build_schedule(self.optimizer, self.train_cfg,
                                        [int(e) for e in cfg["quantize"]["inq_schedule"]])
         self.controllers = controllers
@@ -80,6 +80,7 @@ class Trainer:
         self.best: float | None = None
         self.eval_due = False  # the last saved epoch awaits its evaluation
         self._probe: dict | None = None
+        self._compiling = False  # compiled, and the first step (which compiles) is still to come
         self.tb = SummaryWriter(str(ctx.logbook.stats)) if world.is_main else None
 
     # state ---------------------------------------------------------------------------------
@@ -155,10 +156,19 @@ class Trainer:
         used = calibration.calibrate(self.model, batches, self.ctx.task.forward, dist.allreduce_statistic)
         self.ctx.say(f"calibrated {quantizers} activation quantizers on {used} batches per rank")
 
+    def compile(self) -> None:
+        """`engine.compile`: torch.compile the model in place (parameter names unchanged),
+        after calibration: a compiled quantizer takes its range as calibrated. Compilation
+        happens at the first step, whose time is reported."""
+        self.model.compile()
+        self._compiling = True
+
     def fit(self) -> dict[str, float] | None:
         self.sync()
         preflight.training_split(self.ctx.task, self.train_cfg["batch_size"], self.ctx.world)
         self.calibrate()
+        if self.ctx.cfg["engine"]["compile"]:
+            self.compile()
         data, sampler, loader = train_loader(self.ctx)
         metrics = None
         if self.eval_due:  # resumed after a run that saved its last epoch but did not evaluate it
@@ -181,12 +191,19 @@ class Trainer:
         return metrics
 
     def _train_epoch(self, loader: DataLoader, epoch: int) -> dict[str, float]:
+        """One epoch; with `engine.horovod.backward_passes_per_step` k > 1, every k batches
+        (and the epoch's last, shorter group) make one allreduce and one optimizer step on
+        the mean of their gradients."""
         task, model = self.ctx.task, self.model
         model.train()
         meter = MeanMeter()
         clip = self.train_cfg["grad_clip"]
+        passes, batches = self.ctx.cfg["engine"]["horovod"]["backward_passes_per_step"], len(loader)
         bar = progress(loader, desc=f"epoch {epoch + 1}/{self.train_cfg['epochs']}", enabled=self.ctx.world.is_main)
+        start = time.perf_counter()
         for step, batch in enumerate(bar):
+            first = step - step % passes
+            group = min(passes, batches - first)
             batch = to_device(batch, self.ctx.device)
             outputs = task.forward(model, batch)
             terms = task.loss(outputs, batch, across=dist.allreduce_scalar)
@@ -196,8 +213,12 @@ class Trainer:
             if not torch.isfinite(loss):
                 values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
                 raise TrainingError(f"non-finite loss at epoch {epoch + 1}, batch {step}: {values}")
-            self.optimizer.zero_grad()
-            loss.backward()
+            if step == first:
+                self.optimizer.zero_grad()
+            (loss / group).backward()
+            meter.update(terms, len(batch["index"]))
+            if step + 1 < first + group:
+                continue
             with dist.waiting(f"gradients, epoch {epoch + 1} batch {step}"):
                 self.optimizer.synchronize()
             if clip > 0:
@@ -206,7 +227,10 @@ class Trainer:
                 self.optimizer.step()
             for controller in self.controllers.values():
                 controller.after_step(self.optimizer)
-            meter.update(terms, len(batch["index"]))
+            if self._compiling:
+                self._compiling = False
+                self.ctx.say(f"torch.compile: the first step, which compiles the model, took "
+                             f"{time.perf_counter() - start:.1f} s")
             if self.ctx.world.is_main:
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         self.schedule.step()
