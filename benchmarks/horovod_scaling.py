@@ -27,8 +27,8 @@ LINE = re.compile(r"epoch (\d+)/\d+: [^(]*\(([\d.]+)s, ([\d.]+) img/s, peak (\d+
 #: (label, ranks, controller, config overrides, what it shows)
 RUNS = [
     ("1 rank", 1, "mpi", [], "baseline"),
-    ("2 ranks", 2, "mpi", [], "defaults (mpi_yield auto: on)"),
-    ("2 ranks, MPI busy-polling", 2, "mpi", ["engine.horovod.mpi_yield=false"], "Open MPI's default on a full node"),
+    ("2 ranks", 2, "mpi", [], "defaults (mpi_wait auto: yield on CPU)"),
+    ("2 ranks, MPI busy-polling", 2, "mpi", ["engine.horovod.mpi_wait=spin"], "Open MPI's default on a full node"),
     ("2 ranks, gloo", 2, "gloo", [], "Horovod's Gloo controller"),
     ("2 ranks, cycle 0.2 ms", 2, "mpi", ["engine.horovod.cycle_time_ms=0.2"], ""),
     ("2 ranks, cycle 5 ms", 2, "mpi", ["engine.horovod.cycle_time_ms=5"], ""),

@@ -39,19 +39,19 @@ def test_evaluation_batches_do_not_depend_on_the_number_of_ranks():
 
 
 def test_engine_horovod_settings_become_the_variables_horovod_and_open_mpi_read():
-    settings = {"cycle_time_ms": 2.5, "fusion_threshold_mb": 64, "mpi_yield": "auto",
+    settings = {"cycle_time_ms": 2.5, "fusion_threshold_mb": 64, "mpi_wait": "auto",
                 "compression": "none", "backward_passes_per_step": 1}
     assert dist.horovod_environment(settings, on_cpu=True) == {
         "HOROVOD_CYCLE_TIME": "2.5", "HOROVOD_FUSION_THRESHOLD": str(64 * 2 ** 20), "OMPI_MCA_mpi_yield_when_idle": "1"}
     unset = {**settings, "cycle_time_ms": None, "fusion_threshold_mb": None}
     assert dist.horovod_environment(unset, on_cpu=False) == {"OMPI_MCA_mpi_yield_when_idle": "0"}
-    assert dist.horovod_environment({**unset, "mpi_yield": True}, on_cpu=False) == {"OMPI_MCA_mpi_yield_when_idle": "1"}
-    assert dist.horovod_environment({**unset, "mpi_yield": False}, on_cpu=True) == {"OMPI_MCA_mpi_yield_when_idle": "0"}
+    assert dist.horovod_environment({**unset, "mpi_wait": "yield"}, on_cpu=False) == {"OMPI_MCA_mpi_yield_when_idle": "1"}
+    assert dist.horovod_environment({**unset, "mpi_wait": "spin"}, on_cpu=True) == {"OMPI_MCA_mpi_yield_when_idle": "0"}
 
 
 def test_pinned_memory_only_for_cuda_unless_asked():
     assert not pin_memory("auto", torch.device("cpu")) and pin_memory("auto", torch.device("cuda", 0))
-    assert pin_memory(True, torch.device("cpu")) and not pin_memory(False, torch.device("cuda", 0))
+    assert pin_memory("always", torch.device("cpu")) and not pin_memory("never", torch.device("cuda", 0))
 
 
 def test_two_accumulated_halves_step_as_one_batch_of_their_mean():

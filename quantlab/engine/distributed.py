@@ -75,7 +75,7 @@ _watchdog: Watchdog | None = None
 def horovod_environment(settings: dict, on_cpu: bool) -> dict[str, str]:
     """The variables Horovod and Open MPI read at `hvd.init()`, from `engine.horovod`.
 
-    `mpi_yield` (auto: on CPU runs) makes MPI's waits yield the core instead of spinning:
+    `mpi_wait: yield` (auto: on CPU runs) makes MPI's waits yield the core instead of spinning:
     Open MPI busy-polls when a node is not oversubscribed, and Horovod's background thread
     waits in MPI every cycle, so on a CPU node whose cores all compute, each rank's
     spinning thread takes the core its own or the other rank's compute needs
@@ -86,8 +86,8 @@ def horovod_environment(settings: dict, on_cpu: bool) -> dict[str, str]:
         env["HOROVOD_CYCLE_TIME"] = f"{settings['cycle_time_ms']:g}"
     if settings["fusion_threshold_mb"] is not None:
         env["HOROVOD_FUSION_THRESHOLD"] = str(int(settings["fusion_threshold_mb"] * 1024 * 1024))
-    spin_free = on_cpu if settings["mpi_yield"] == "auto" else settings["mpi_yield"]
-    env["OMPI_MCA_mpi_yield_when_idle"] = "1" if spin_free else "0"
+    wait = settings["mpi_wait"] if settings["mpi_wait"] != "auto" else ("yield" if on_cpu else "spin")
+    env["OMPI_MCA_mpi_yield_when_idle"] = "1" if wait == "yield" else "0"
     return env
 
 

@@ -19,6 +19,6 @@ def train_loader(ctx: RunContext) -> tuple[object, DistributedSampler, DataLoade
     return data, sampler, loader
 
 
-def pin_memory(choice: bool | str, device: torch.device) -> bool:
+def pin_memory(choice: str, device: torch.device) -> bool:
     """`engine.pin_memory`: page-locked batches only help copies to a GPU (auto: on CUDA)."""
-    return device.type == "cuda" if choice == "auto" else bool(choice)
+    return device.type == "cuda" if choice == "auto" else choice == "always"
