@@ -45,8 +45,10 @@ def test_engine_horovod_settings_become_the_variables_horovod_and_open_mpi_read(
         "HOROVOD_CYCLE_TIME": "2.5", "HOROVOD_FUSION_THRESHOLD": str(64 * 2 ** 20), "OMPI_MCA_mpi_yield_when_idle": "1"}
     unset = {**settings, "cycle_time_ms": None, "fusion_threshold_mb": None}
     assert dist.horovod_environment(unset, on_cpu=False) == {"OMPI_MCA_mpi_yield_when_idle": "0"}
-    assert dist.horovod_environment({**unset, "mpi_wait": "yield"}, on_cpu=False) == {"OMPI_MCA_mpi_yield_when_idle": "1"}
-    assert dist.horovod_environment({**unset, "mpi_wait": "spin"}, on_cpu=True) == {"OMPI_MCA_mpi_yield_when_idle": "0"}
+    assert dist.horovod_environment({**unset, "mpi_wait": "yield"}, on_cpu=False) == {
+        "OMPI_MCA_mpi_yield_when_idle": "1"}
+    assert dist.horovod_environment({**unset, "mpi_wait": "spin"}, on_cpu=True) == {
+        "OMPI_MCA_mpi_yield_when_idle": "0"}
 
 
 def test_pinned_memory_only_for_cuda_unless_asked():
