@@ -28,9 +28,10 @@ of the machine hits all of them alike; the ratio is the median over rounds of (v
 float in that round), printed with its range. Evaluation: images/s of the task's forward in
 eval mode under no_grad, on a batch of as many images from the evaluation split, float and
 lsq_wa (median of `rounds` repeats, at least 3). Setup (building, calibration, INQ's level
-search, about 15 us a weight on a CPU core: minutes at paper sizes) is printed, not timed in
-the step. `--set` takes config overrides (e.g. a wider network, to see how the ratio falls
-as convolutions outweigh quantizers).
+search: 15-20 us a weight on a 2-core CPU, so 8-15 minutes at paper sizes, where
+`--variants` can leave inq out) is printed, not timed in the step. `--set` takes config
+overrides (e.g. a wider network, to see how the ratio falls as convolutions outweigh
+quantizers).
 """
 from __future__ import annotations
 
