@@ -158,3 +158,19 @@ def test_lsq_clips_where_pytorchs_fused_learnable_op_lets_the_gradient_through()
     fused_element = [0.0 - 0.3, -3.0 + 2.6, 7.0 - 7.2, 7.0 - 7.4, -8.0 + 8.3, 7.0, -8.0]
     assert ours_s.grad.item() == pytest.approx(g * sum(per_element), rel=1e-5)
     assert fused_s.grad.item() == pytest.approx(g * sum(fused_element), rel=1e-5)
+
+
+def test_lsq_step_gradient_matches_a_float64_computation_of_the_formula():
+    # the step gradient sums many terms of both signs: summed as one product it stays
+    # within float32's reach of the exact value (two separate sums would cancel)
+    torch.manual_seed(3)
+    q_neg, q_pos = lsq_range(8, signed=True)
+    x = (torch.randn(4, 8, 32, 32) * 3).requires_grad_()
+    s = torch.tensor([0.05], requires_grad=True)
+    grad = torch.randn_like(x)
+    lsq(x, s, q_neg, q_pos).backward(grad)
+    v = (x.detach() / s.detach()).double()  # float32's v: what is left to compare is the summation
+    inside = ((v >= -q_neg) & (v <= q_pos)).double()
+    slope = v.round().clamp(-q_neg, q_pos) - v * inside
+    exact = (grad.double() * slope).sum().item() / (x.numel() * q_pos) ** 0.5
+    assert s.grad.item() == pytest.approx(exact, rel=2e-6)

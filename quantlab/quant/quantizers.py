@@ -110,13 +110,15 @@ class _LSQ(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         v, q, step = ctx.saved_tensors
         q_neg, q_pos = ctx.bounds
-        grad_x = grad * _inside(v, -q_neg, q_pos)  # straight through inside the range
-        # dQ/ds = round(v) - v inside, -Q_N / Q_P where clipped: q - v [inside]
+        inside = _inside(v, -q_neg, q_pos)
+        grad_x = grad * inside  # straight through inside the range
+        # dQ/ds = round(v) - v inside, -Q_N / Q_P where clipped: q - v x inside, summed in
+        # one product (sum(grad q) - sum(grad_x v) would cancel two large sums)
+        slope = torch.addcmul(q, v, inside, value=-1)
         if step.numel() == 1:
-            total = torch.dot(grad.reshape(-1), q.reshape(-1)) - torch.dot(grad_x.reshape(-1), v.reshape(-1))
-            grad_step = total.reshape(step.shape) * ctx.g
+            grad_step = torch.dot(grad.reshape(-1), slope.reshape(-1)).reshape(step.shape) * ctx.g
         else:
-            grad_step = (grad * q - grad_x * v).sum_to_size(step.shape) * ctx.g
+            grad_step = (grad * slope).sum_to_size(step.shape) * ctx.g
         return grad_x, grad_step, None, None, None
 
 
