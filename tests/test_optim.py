@@ -1,5 +1,6 @@
-"""Learning-rate groups by parameter name."""
+"""Optimizers: learning-rate groups by parameter name, the multi-tensor update."""
 import pytest
+import torch
 from torch import nn
 
 from quantlab.engine.optim import build_optimizer
@@ -43,3 +44,22 @@ def test_rescaled_state_continues_as_a_schedule_built_at_the_new_scale():
     assert step(truth, truth_schedule, 3) == pytest.approx([g["lr"] for g in one.param_groups], rel=1e-12)
     for _ in range(6):
         assert step(one, one_schedule, 1) == pytest.approx(step(truth, truth_schedule, 1), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_the_multi_tensor_update_gives_the_per_parameter_loops_values(name):
+    # build_optimizer uses foreach=True on the CPU too (speed); it must not change results
+    cfg = {"lr": 0.01, "optimizer": name, "momentum": 0.9, "weight_decay": 1e-4}
+    runs = []
+    for foreach in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+        optimizer = build_optimizer(list(model.named_parameters()), cfg, 1, "none")
+        for group in optimizer.param_groups:
+            group["foreach"] = foreach
+        for _ in range(20):
+            optimizer.zero_grad()
+            model(torch.randn(4, 6)).pow(2).mean().backward()
+            optimizer.step()
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
