@@ -78,9 +78,8 @@ def horovod_environment(settings: dict, on_cpu: bool) -> dict[str, str]:
     `mpi_wait: yield` (auto: on CPU runs) makes MPI's waits yield the core instead of spinning:
     Open MPI busy-polls when a node is not oversubscribed, and Horovod's background thread
     waits in MPI every cycle, so on a CPU node whose cores all compute, each rank's
-    spinning thread takes the core its own or the other rank's compute needs
-    (benchmarks/horovod_scaling.py: -np 2 on 2 cores ran at 1.05x the images/s of -np 1
-    spinning, 1.79x yielding)."""
+    spinning thread takes the core its own or the other rank's compute needs (measured by
+    benchmarks/horovod_scaling.py; README, Performance)."""
     env = {}
     if settings["cycle_time_ms"] is not None:
         env["HOROVOD_CYCLE_TIME"] = f"{settings['cycle_time_ms']:g}"
