@@ -149,7 +149,17 @@ def lsq(x: torch.Tensor, step: torch.Tensor, q_neg: int, q_pos: int) -> torch.Te
     gradient for x, and the step's gradient scaled by g = 1 / sqrt(N Q_P), N the number of
     elements x holds per step."""
     g = 1.0 / (x.numel() / step.numel() * q_pos) ** 0.5
+    if torch.compiler.is_compiling():
+        return _lsq_composite(x, step, q_neg, q_pos, g)
     return _LSQ.apply(x, step, q_neg, q_pos, g)
+
+
+def _lsq_composite(x: torch.Tensor, step: torch.Tensor, q_neg: int, q_pos: int, g: float) -> torch.Tensor:
+    """The same function and gradients as `_LSQ`, from differentiable ops (the form of the
+    LSQ paper's code): a compiler derives the backward and fuses the passes, which it does
+    not do through the hand-written node. Eager mode keeps `_LSQ`: here every op is a pass."""
+    s = grad_scale(step, g)
+    return round_ste((x / s).clamp(-q_neg, q_pos)) * s
 
 
 def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
