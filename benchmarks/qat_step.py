@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/qat_step.py [--topology Widedepth|ZebraPose|DETR] [--size mini|paper]
                                             [--steps 10] [--rounds 9] [--threads 2] [--device cpu]
                                             [--variants float lsq_w ...] [--set network.width=0.5 ...]
+                                            [--compile]
 
 Sizes, each on a tiny synthetic set generated into a temporary folder:
   mini   the topology's `mini` profile: Widedepth 8 x 128 px; ZebraPose 16 items of one 64 px
@@ -31,7 +32,8 @@ lsq_wa (median of `rounds` repeats, at least 3). Setup (building, calibration, I
 search: 15-20 us a weight on a 2-core CPU, so 8-15 minutes at paper sizes, where
 `--variants` can leave inq out) is printed, not timed in the step. `--set` takes config
 overrides (e.g. a wider network, to see how the ratio falls as convolutions outweigh
-quantizers).
+quantizers). `--compile` compiles every variant as `engine.compile` does; the setup then
+includes the compiling first step, and the ratios are compiled variant over compiled float.
 """
 from __future__ import annotations
 
@@ -188,7 +190,7 @@ def batch_of(task: Task, split: str, train: bool, count: int, device: torch.devi
 
 
 def measure(topology: str, size: str, steps: int, rounds: int, threads: int, device: str,
-            overrides: Sequence[str] = (), variants: Sequence[str] = tuple(VARIANTS)) -> dict:
+            overrides: Sequence[str] = (), variants: Sequence[str] = tuple(VARIANTS), compiled: bool = False) -> dict:
     """Step times and ratios vs float of `variants` (float among them), and the evaluation
     images/s of those of EVALUATED, for `topology` at `size`."""
     if "float" not in variants:
@@ -207,6 +209,9 @@ def measure(topology: str, size: str, steps: int, rounds: int, threads: int, dev
         for name in variants:
             start = time.perf_counter()
             built[name] = make_variant(task, name, exclude, batch, dev)
+            if compiled:  # torch.compile as engine.compile does it; the first step compiles
+                built[name][0].compile()
+                step(task, *built[name], batch)
             setup[name] = time.perf_counter() - start
         times = interleaved(task, built, batch, steps, rounds, dev)
         rates = {name: images_per_s(task, built[name][0], evaluation, max(rounds, 3), dev)
@@ -219,7 +224,7 @@ def measure(topology: str, size: str, steps: int, rounds: int, threads: int, dev
     return {"topology": topology, "problem": TOPOLOGIES[topology][0], "size": size, "batch": count,
             "image": "x".join(str(s) for s in batch["image"].shape[-2:]),
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "threads": threads,
-            "rounds": rounds, "steps": steps, "variants": results, "eval_images_per_s": rates}
+            "rounds": rounds, "steps": steps, "compiled": compiled, "variants": results, "eval_images_per_s": rates}
 
 
 def main() -> None:
@@ -233,12 +238,14 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="a subset to time (float is always among them)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every variant, as engine.compile does (setup then includes compiling)")
     args = p.parse_args()
     variants = ["float", *(v for v in args.variants if v != "float")]
     r = measure(args.topology, args.size, args.steps, args.rounds, args.threads, args.device, args.overrides,
-                variants)
+                variants, args.compile)
     print(f"{r['topology']} ({r['problem']}) {r['size']}: batch {r['batch']} x {r['image']} px, {r['device']}, "
-          f"{r['threads']} threads, {r['rounds']} rounds x {r['steps']} steps")
+          f"{r['threads']} threads, {r['rounds']} rounds x {r['steps']} steps" + (", compiled" if r["compiled"] else ""))
     for name, v in r["variants"].items():
         print(f"  {name:>9}: {v['ms_per_step']:8.1f} ms/step   ratio vs float {v['ratio']:.2f} "
               f"(rounds: {v['ratio_min']:.2f}-{v['ratio_max']:.2f})   setup {v['setup_s']:.1f} s")
