@@ -112,13 +112,11 @@ class _LSQ(torch.autograd.Function):
         q_neg, q_pos = ctx.bounds
         inside = _inside(v, -q_neg, q_pos)
         grad_x = grad * inside  # straight through inside the range
-        # dQ/ds = round(v) - v inside, -Q_N / Q_P where clipped: q - v x inside, summed in
-        # one product (sum(grad q) - sum(grad_x v) would cancel two large sums)
+        # dQ/ds = round(v) - v inside, -Q_N / Q_P where clipped: q - v x inside, summed as
+        # one product (sum(grad q) - sum(grad_x v) cancels two large sums) by torch's
+        # blocked sum, whose rounding does not depend on the thread count as a dot's does
         slope = torch.addcmul(q, v, inside, value=-1)
-        if step.numel() == 1:
-            grad_step = torch.dot(grad.reshape(-1), slope.reshape(-1)).reshape(step.shape) * ctx.g
-        else:
-            grad_step = (grad * slope).sum_to_size(step.shape) * ctx.g
+        grad_step = (grad * slope).sum_to_size(step.shape) * ctx.g
         return grad_x, grad_step, None, None, None
 
 
