@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 
-from quantlab.modes import DEFAULT, MODES, Mode, options  # noqa: E402  (the repository on the path first)
+from quantlab.modes import DEFAULT, MODES, Mode, execute, options  # noqa: E402  (the repository on the path first)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if mode.reads:
         if args.exp_id is None:
             raise ConfigError(f"--mode {mode.name} reads a finished experiment: pass its --exp_id")
-        mode.run(RunContext(task, cfg, world, Logbook(logs_root, args.problem, args.topology, args.exp_id,
+        execute(mode, RunContext(task, cfg, world, Logbook(logs_root, args.problem, args.topology, args.exp_id,
                                                       writer=world.is_main), device, options=given))
         return 0
 
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
                 where = logbook.root.relative_to(REPO) if logbook.root.is_relative_to(REPO) else logbook.root
                 print(f"experiment {where} ({mode.name}, {world.size} rank{'s' if world.size > 1 else ''}, "
                       f"profile {cfg['profile']})", flush=True)
-            mode.run(RunContext(task, cfg, world, logbook, device, start, resume, given))
+            execute(mode, RunContext(task, cfg, world, logbook, device, start, resume, given))
         except BaseException:
             if not resuming and logbook.discard():
                 print(f"removed {logbook.root}: the run failed before producing anything", file=sys.stderr, flush=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from quantlab.files import exclusive_lock, write_text_atomic
+from quantlab.metrics.intervals import Estimate, combine
 
 
 @dataclass
@@ -29,22 +30,77 @@ class Table:
         cells = [[_cell(v) for v in row] for row in self.rows]
         lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
                  "|" + "---|" * len(self.header)]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells] + self._legend())
+
+    def _legend(self) -> list[str]:
+        """What the interval cells mean, under a table that has them."""
+        found = [v for row in self.rows for v in row if isinstance(v, Estimate)]
+        if not found:
+            return []
+        level = f"{100 * found[0].level:g}%"
+        text = (f"value [{level} bootstrap interval over the test images]; * the paired {level} interval of its "
+                "difference from float (in a difference column: from the column's reference) excludes 0")
+        seeds = max(e.seeds for e in found)
+        if seeds > 1:
+            text += f"; value = mean over {seeds} seeds ± their standard deviation, interval of that mean"
+        return ["", text]
 
     def csv(self) -> str:
+        """One column per plain column; an interval column becomes the value, its bounds,
+        its mark and (over seeds) its standard deviation and seed count."""
+        estimated = [any(isinstance(row[i], Estimate) for row in self.rows) for i in range(len(self.header))]
+        header: list[str] = []
+        for name, wide in zip(self.header, estimated):
+            header += [name, f"{name} low", f"{name} high", f"{name} marked", f"{name} sd", f"{name} seeds"] \
+                if wide else [name]
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(self.header)
-        writer.writerows([["" if v is None else v for v in row] for row in self.rows])
+        writer.writerow(header)
+        for row in self.rows:
+            cells: list[Any] = []
+            for value, wide in zip(row, estimated):
+                if not wide:
+                    cells.append("" if value is None else value)
+                elif isinstance(value, Estimate):
+                    low, high = value.bounds or ("", "")
+                    cells += [value.value, low, high, int(value.marked), "" if value.spread is None else value.spread,
+                              value.seeds]
+                else:
+                    cells += ["" if value is None else value, "", "", "", "", ""]
+            writer.writerow(cells)
         return out.getvalue()
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, Estimate):
+        return value.markdown()
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
+
+
+def over_seeds(tables: list[Table]) -> Table:
+    """The tables one build gave per seed, as one: interval cells combined (mean, spread
+    over seeds, interval of the mean), equal cells kept, differing cells (e.g. the bits a
+    search chose) joined with ' / '."""
+    first = tables[0]
+    if any(len(t.rows) != len(first.rows) or any(len(a) != len(b) for a, b in zip(t.rows, first.rows))
+           for t in tables):
+        raise ValueError(f"table {first.name}: the seeds' tables differ in shape")
+    rows = []
+    for cells in zip(*(t.rows for t in tables)):
+        row = []
+        for column in zip(*cells):
+            if all(isinstance(v, Estimate) for v in column):
+                row.append(combine(list(column)))
+            elif all(v == column[0] for v in column):
+                row.append(column[0])
+            else:
+                row.append(" / ".join(_cell(v) for v in column))
+        rows.append(row)
+    return Table(first.name, first.title, first.header, rows)
 
 
 @dataclass(frozen=True)

@@ -183,7 +183,7 @@ def test_add_s_uses_adi_for_symmetric_objects_means_over_objects_and_counts_fail
                    {"index": 1, "R": flip, "t": t},                       # asymmetric: ADD 28 mm: wrong
                    {"index": 2, "R": None, "t": None},                    # PnP failed: a miss
                    {"index": 3, "R": flip, "t": t}]                       # symmetric: ADI 0: right
-    m = evaluate(predictions, instances, models)
+    m = evaluate(predictions, instances, models).metrics
     assert m["ADD(-S)-0.1d/o1"] == pytest.approx(100 / 3) and m["ADD(-S)-0.1d/o2"] == 100.0
     assert m["ADD(-S)-0.1d/mean"] == pytest.approx((100 / 3 + 100) / 2)    # not 3 of 4 instances
     assert m["ADD-0.1d/o2"] == 0.0 and m["failed/o1"] == 1 and m["count/o1"] == 3
@@ -216,8 +216,11 @@ def test_ground_truth_codes_give_the_right_poses(lm_root):
         logit = torch.from_numpy(mask.astype(np.float32))[None] * 20 - 10
         outputs = {item["obj"]: ObjectOutput(logit[None], code[None], None)}
         predictions += task.predict(outputs, task.collate([item]))
-    metrics = task.evaluate(predictions, data)
+    metrics, per_image = task.evaluate(predictions, data)
     assert metrics["ADD(-S)-0.5d/mean"] == 100.0 and metrics["ADD(-S)-0.2d/mean"] >= 80.0
+    # the bootstrap's scoring at unit weights is the evaluation's
+    again = task.resample(per_image, np.ones((1, len(data.instances))))
+    assert set(again) <= set(metrics) and all(again[k][0] == metrics[k] for k in again)
 
 
 # ------------------------------------------------------------------------------ checkpoints

@@ -52,7 +52,7 @@ def test_summary_counts_misses_as_failures_at_every_threshold():
     recs = [PoseRecord(100, 4.0, 4.0, 1.0),        # near: within 0.05d (5) for ADD
             PoseRecord(200, 8.0, 3.0, 3.0),        # medium: ADD in 0.1d, ADI in 0.05d
             PoseRecord(300, math.inf, math.inf, math.inf)]  # far: missed
-    m = summarize(recs, d)
+    m = summarize(recs, d).metrics
     assert m["missed"] == 1
     assert m["count/near"] == m["count/medium"] == m["count/far"] == 1
     assert m["ADD-0.05d/all"] == pytest.approx(100 / 3)
@@ -70,6 +70,6 @@ def test_thresholds_compare_error_over_diameter_as_the_bop_toolkit_does():
     just below 0.1 in floating point, while 17.846 < 0.1 x 178.46 is false."""
     diameter, error = 178.46, 17.846
     assert error / diameter < 0.1 and not error < 0.1 * diameter
-    metrics = summarize([PoseRecord(500.0, error, error, 1.0)], diameter)
+    metrics = summarize([PoseRecord(500.0, error, error, 1.0)], diameter).metrics
     assert metrics["ADD-0.1d/all"] == 100.0 and metrics["ADI-0.1d/all"] == 100.0
     assert metrics["ADD-0.05d/all"] == 0.0

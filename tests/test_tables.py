@@ -10,6 +10,7 @@ from quantlab.mqat.tables import TABLES
 from quantlab.records import save_tables
 
 MODULES = ["backbone", "fpn"]
+INTERVALS = {"level": 0.95, "replicates": 1000, "seed": 0}
 PUBLISHED = {"cube": [{"backbone": 32, "fpn": 32, "metric": 70.0}, {"backbone": 32, "fpn": 2, "metric": 75.0}],
              "module_bits": {"module": "fpn", "rows": {32: 70.0, 8: 69.0}},
              "compression": [{"method": "MQAT", "compression": 4.0, "metric": 74.0},
@@ -36,7 +37,8 @@ def write_tables(folder, names, published):
     """The MQAT tables of a two-module task whose metric family is `A`, as --mode mqat writes them."""
     task = SimpleNamespace(groups={m: m for m in MODULES}, best_metric="A/all", published=published)
     specs = {s.name: s for s in (*TABLES, DEPTH)}
-    return save_tables(folder, [specs[n].build(folder, task, {"mqat": {"probe_bits": 2}}) for n in names])
+    return save_tables(folder, [specs[n].build(folder, task, {"mqat": {"probe_bits": 2}, "intervals": INTERVALS})
+                                for n in names])
 
 
 def rows(tmp_path, name):
@@ -50,25 +52,26 @@ def test_tables_put_ours_beside_the_papers_numbers(tmp_path):
                                         ["32", "2", "50.0", "-10.0", "75.0", "5.0"]]
     assert rows(folder, "module_bits")[1:] == [["FP", "1.0", "60.0", "70.0"], ["FP fine-tuned", "1.0", "58.0", ""],
                                                ["8", "1.5", "59.0", "69.0"]]
-    # MQAT at 7x is set beside the paper's nearest point (8x); no paper point: empty
-    assert rows(folder, "compression")[1:] == [["float", "FP", "1.0", "60.0", "", ""],
-                                               ["float fine-tuned", "FP", "1.0", "58.0", "", ""],
-                                               ["LSQ uniform", "4", "7.5", "40.0", "", ""],
-                                               ["MQAT", "8-2 (fpn > backbone)", "7.0", "55.0", "8.0", "72.0"]]
+    # MQAT at 7x is set beside the paper's nearest point (8x); no paper point: empty; each
+    # method's difference from MQAT (bare: these records keep no per-image results)
+    assert rows(folder, "compression")[1:] == [["float", "FP", "1.0", "60.0", "5.0", "", ""],
+                                               ["float fine-tuned", "FP", "1.0", "58.0", "3.0", "", ""],
+                                               ["LSQ uniform", "4", "7.5", "40.0", "-15.0", "", ""],
+                                               ["MQAT", "8-2 (fpn > backbone)", "7.0", "55.0", "", "8.0", "72.0"]]
     # depth bins in T-A1's order; bins neither side has are empty
     assert rows(folder, "depth")[0] == ["model", "source", "near", "medium", "far", "all"]
     assert rows(folder, "depth")[1:] == [["float", "ours", "61.0", "", "", "60.0"],
                                          ["float", "paper", "80.0", "", "", "70.0"],
                                          ["MQAT 8-2", "ours", "58.0", "", "", "55.0"],
                                          ["MQAT 8-2", "paper", "85.0", "", "", "75.0"]]
-    assert "| LSQ uniform | 4 | 7.50 | 40.00 | - | - |" in text
+    assert "| LSQ uniform | 4 | 7.50 | 40.00 | -15.00 | - | - |" in text
 
 
 def test_a_missing_experiment_file_leaves_cells_empty(tmp_path):
     (tmp_path / "mqat").mkdir()
     write_tables(tmp_path, ["compression"], {})
-    assert rows(tmp_path, "compression")[1:] == [["float", "FP", "1.0", "", "", ""],
-                                                 ["float fine-tuned", "FP", "1.0", "", "", ""]]
+    assert rows(tmp_path, "compression")[1:] == [["float", "FP", "1.0", "", "", "", ""],
+                                                 ["float fine-tuned", "FP", "1.0", "", "", "", ""]]
 
 
 def test_inq_multiplier_resets_at_each_step_and_decays_two_epochs_later():
@@ -96,7 +99,8 @@ def test_detr_fisher_table_orders_schemes_and_measures_changes_against_float(tmp
     results["fisher_critical@0"]["same_as"] = "fisher_overall"
     (tmp_path / "fisher" / "results.json").write_text(json.dumps(results))
     task = SimpleNamespace(best_metric="mAP", critical_metric="critical_mAP")
-    table = detr_fisher(tmp_path, task, {"fisher": {"schemes": ["uniform", "fisher_overall", "fisher_critical"]}})
+    table = detr_fisher(tmp_path, task, {"fisher": {"schemes": ["uniform", "fisher_overall", "fisher_critical"]},
+                                         "intervals": INTERVALS})
     assert table.rows == [["float", None, 32.0, 40.0, 30.0, None, None, None],
                           ["uniform", "0", 4.0, 35.0, 25.0, -5.0, -5.0, None],
                           ["uniform", "0.01", 4.0, 36.0, 26.5, -4.0, -3.5, None],

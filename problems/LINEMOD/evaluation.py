@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from problems.LINEMOD.dataset import Instance, Model
-from quantlab.metrics.pose import FRACTIONS, accuracy, add_error, adi_error
+from quantlab.metrics.bootstrap import PerImage, Scored, rates
+from quantlab.metrics.pose import FRACTIONS, add_error, adi_error
 
 MAIN = "ADD(-S)-0.1d"
 
@@ -21,24 +22,42 @@ def errors(prediction: dict, inst: Instance, model: Model) -> tuple[float, float
     return add_error(model.points, *args), adi_error(model.points, *args)
 
 
-def evaluate(predictions: list[dict], instances: list[Instance], models: dict[int, Model]) -> dict[str, float]:
+def evaluate(predictions: list[dict], instances: list[Instance], models: dict[int, Model]) -> Scored:
+    """The accuracies (`resample` with every instance once), instance counts and failures,
+    and the per-instance errors behind them: LINEMOD's test images hold one instance each."""
     if [p["index"] for p in predictions] != list(range(len(instances))):
         raise ValueError("predictions do not cover the split exactly once")
-    out: dict[str, float] = {}
-    main = []
-    for obj_id, model in models.items():
-        mine = [(p, i) for p, i in zip(predictions, instances) if i.obj_id == obj_id]
-        table = np.array([errors(p, i, model) for p, i in mine]).reshape(-1, 2) / model.diameter
-        chosen = table[:, 1] if model.symmetric else table[:, 0]
-        for k in FRACTIONS:
-            out[f"ADD-{k:g}d/{model.name}"] = accuracy(table[:, 0], k)
-            out[f"ADI-{k:g}d/{model.name}"] = accuracy(table[:, 1], k)
-            out[f"ADD(-S)-{k:g}d/{model.name}"] = accuracy(chosen, k)
-        out[f"count/{model.name}"] = len(mine)
-        out[f"failed/{model.name}"] = int(np.sum(~np.isfinite(table[:, 0])))
-        main.append(out[f"{MAIN}/{model.name}"])
-    for k in FRACTIONS:
-        out[f"ADD(-S)-{k:g}d/mean"] = float(np.mean([out[f"ADD(-S)-{k:g}d/{m.name}"] for m in models.values()]))
+    position = {obj_id: i for i, obj_id in enumerate(models)}
+    found = np.array([errors(p, i, models[i.obj_id]) for p, i in zip(predictions, instances)]).reshape(-1, 2)
+    columns = {"images": np.arange(len(instances), dtype=np.int64),
+               "object": np.array([position[i.obj_id] for i in instances], dtype=np.int64),
+               "ADD": found[:, 0], "ADI": found[:, 1],
+               "names": np.array([m.name for m in models.values()]),
+               "diameter": np.array([m.diameter for m in models.values()], dtype=np.float64),
+               "symmetric": np.array([m.symmetric for m in models.values()], dtype=bool)}
+    out: dict[str, float] = {k: float(v[0]) for k, v in resample(columns, np.ones((1, len(instances)))).items()}
+    for k, name in enumerate(columns["names"]):
+        mine = columns["object"] == k
+        out[f"count/{name}"] = int(mine.sum())
+        out[f"failed/{name}"] = int(np.sum(~np.isfinite(columns["ADD"][mine])))
+    return Scored(out, columns)
+
+
+def resample(columns: PerImage, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Per object, the weighted share of its instances below k x diameter (ADD, ADI, and
+    ADD(-S): ADI for the symmetric objects), then the mean over objects of ADD(-S), each
+    instance counted as `weights` [B, instances] says (nan for an object none is drawn of)."""
+    out: dict[str, np.ndarray] = {}
+    for k, name in enumerate(columns["names"]):
+        mine = weights * (columns["object"] == k)
+        relative = {m: columns[m] / columns["diameter"][k] for m in ("ADD", "ADI")}
+        chosen = relative["ADI"] if columns["symmetric"][k] else relative["ADD"]
+        for f in FRACTIONS:
+            out[f"ADD-{f:g}d/{name}"] = rates(relative["ADD"] < f, mine)
+            out[f"ADI-{f:g}d/{name}"] = rates(relative["ADI"] < f, mine)
+            out[f"ADD(-S)-{f:g}d/{name}"] = rates(chosen < f, mine)
+    for f in FRACTIONS:
+        out[f"ADD(-S)-{f:g}d/mean"] = np.mean([out[f"ADD(-S)-{f:g}d/{n}"] for n in columns["names"]], axis=0)
     return out
 
 

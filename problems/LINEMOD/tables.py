@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from quantlab.metrics.intervals import Evidence
 from quantlab.mqat.tables import bits_label, results
 from quantlab.records import Table, TableSpec
 
@@ -14,8 +15,11 @@ def objects(folder: Path, task, cfg: dict) -> Table:
     names = [*cfg["data"]["objects"], "mean"]
     result = results(folder, "result.json")
     label = "MQAT " + bits_label(result["bits"], list(task.groups)) if result else "MQAT"
-    rows = [[name, *[measured.get(f"{family}/{o}") for o in names]]
-            for name, measured in (("float", result.get("float_metrics", {})), (label, result.get("metrics", {})))]
+    evidence, reference = Evidence(folder, task, cfg), result.get("float_evaluation")
+    rows = [[name, *[evidence.estimate(measured.get(f"{family}/{o}"), where, f"{family}/{o}", reference)
+                     for o in names]]
+            for name, measured, where in (("float", result.get("float_metrics", {}), reference),
+                                          (label, result.get("metrics", {}), result.get("evaluation")))]
     return Table("objects", f"{family} per object, float vs MQAT (ours)", ["model", *names], rows)
 
 

@@ -7,8 +7,8 @@ import matplotlib
 import numpy as np
 
 from problems.SwissCube.dataset import SwissCube
-from quantlab.metrics.pose import (BIN_NAMES, PoseRecord, add_error, adi_error, rep_error,
-                                   summarize)
+from quantlab.metrics.bootstrap import Scored
+from quantlab.metrics.pose import BIN_NAMES, PoseRecord, add_error, adi_error, rep_error, summarize
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend chosen first)
@@ -23,20 +23,20 @@ def pose_records(predictions: list[dict], ground_truth: list[dict], data: SwissC
             mine = [d for d in pred["detections"] if d["obj_id"] == inst["obj_id"]]
             points = data.meshes[inst["obj_id"]].points
             if not mine:
-                records.append(PoseRecord(float(inst["t"][2]), np.inf, np.inf, np.inf))
+                records.append(PoseRecord(float(inst["t"][2]), np.inf, np.inf, np.inf, pred["index"]))
                 continue
             best = max(mine, key=lambda d: d["score"])
             args = (inst["R"], inst["t"], np.asarray(best["R"]), np.asarray(best["t"]))
-            records.append(PoseRecord(float(inst["t"][2]), add_error(points, *args),
-                                      adi_error(points, *args), rep_error(points, gt["K"], *args)))
+            records.append(PoseRecord(float(inst["t"][2]), add_error(points, *args), adi_error(points, *args),
+                                      rep_error(points, gt["K"], *args), pred["index"]))
     return records
 
 
 def evaluate(predictions: list[dict], ground_truth: list[dict], data: SwissCube,
-             diameter: float) -> dict[str, float]:
+             diameter: float) -> Scored:
     if [p["index"] for p in predictions] != [g["index"] for g in ground_truth]:
         raise ValueError("predictions do not cover the split exactly once")
-    return summarize(pose_records(predictions, ground_truth, data), diameter)
+    return summarize(pose_records(predictions, ground_truth, data), diameter, [p["index"] for p in predictions])
 
 
 def table(metrics: dict[str, float]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from quantlab.metrics.intervals import Evidence
 from quantlab.metrics.pose import BIN_NAMES
 from quantlab.mqat.tables import bits_label, results
 from quantlab.records import Table, TableSpec
@@ -16,10 +17,12 @@ def depth(folder: Path, task, cfg: dict) -> Table:
     paper = task.published.get("depth", {})
     bins = [*BIN_NAMES, "all"]  # T-A1's column order
     label = "MQAT " + bits_label(result["bits"], list(task.groups)) if result else "MQAT"
+    evidence, reference = Evidence(folder, task, cfg), result.get("float_evaluation")
     rows = []
-    for name, key, measured in (("float", "float", result.get("float_metrics", {})),
-                                (label, "mqat", result.get("metrics", {}))):
-        rows.append([name, "ours", *[measured.get(f"{family}/{b}") for b in bins]])
+    for name, key, measured, where in (("float", "float", result.get("float_metrics", {}), reference),
+                                       (label, "mqat", result.get("metrics", {}), result.get("evaluation"))):
+        rows.append([name, "ours", *[evidence.estimate(measured.get(f"{family}/{b}"), where, f"{family}/{b}",
+                                                       reference) for b in bins]])
         rows.append([name, "paper", *[paper.get(key, {}).get(b) for b in bins]])
     return Table("depth", f"{family} by depth bin, float vs MQAT", ["model", "source", *bins], rows)
 

@@ -14,7 +14,8 @@ from quantlab.progress import progress
 @torch.no_grad()
 def evaluate(ctx: RunContext, model: torch.nn.Module, split: str, tag: str, quiet: bool = False) -> dict[str, float]:
     """Predict on this rank's shard, gather every rank's predictions, score on rank 0
-    (`eval/<tag>/metrics.json` and the task's report), and return the metrics everywhere.
+    (`eval/<tag>/metrics.json`, the per-image results behind it in `per_image.npz`, and
+    the task's report), and return the metrics everywhere.
     Batches are consecutive indices dealt whole to the ranks, so the numbers do not
     depend on the number of ranks."""
     task = ctx.task
@@ -31,8 +32,8 @@ def evaluate(ctx: RunContext, model: torch.nn.Module, split: str, tag: str, quie
     metrics = None
     if ctx.world.is_main:
         merged = sorted((p for part in gathered for p in part), key=lambda p: p["index"])
-        metrics = task.evaluate(merged, data)
-        ctx.logbook.write_metrics(tag, metrics)
+        metrics, per_image = task.evaluate(merged, data)
+        ctx.logbook.write_metrics(tag, metrics, per_image)
         table = task.report(metrics, ctx.logbook.eval_dir(tag))
         if not quiet:
             print(f"\n{split} split, {tag}:\n{table}", flush=True)

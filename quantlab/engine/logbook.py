@@ -3,8 +3,9 @@
     expNNNN/config.yaml        resolved configuration (what a resume re-uses)
     expNNNN/saves/             epoch_NNNN.pt, last.pt, best.pt
     expNNNN/stats/             TensorBoard event files
-    expNNNN/eval/<tag>/        metrics.json (+ plots) for each evaluation
+    expNNNN/eval/<tag>/        metrics.json, per_image.npz (+ plots) for each evaluation
     expNNNN/children/<name>/   the same layout for each child run of a search (MQAT, HAWQ)
+    expNNNN/seeds/seed<s>/     with `seeds`, one search per seed: its records and children
     expNNNN/.lock              locked (flock) by the run that writes the experiment
                                (shared by the jobs of a search's fan-out)
 """
@@ -18,12 +19,14 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import yaml
 
 from quantlab.engine import checkpoint
 from quantlab.engine.config import Config, dump
 from quantlab.errors import CheckpointError, ConfigError, ExperimentError
-from quantlab.files import Busy, exclusive_lock, link_atomic, remove_stale_temps, write_text_atomic
+from quantlab.files import Busy, exclusive_lock, link_atomic, remove_stale_temps, write_atomic, write_text_atomic
+from quantlab.metrics.bootstrap import PER_IMAGE, PerImage
 from quantlab.signals import held
 
 
@@ -35,6 +38,8 @@ class Logbook:
         self.exp_id = exp_id
         self.writer = writer
         self._place(logs_root / problem / topology / f"exp{exp_id:04d}")
+        #: the folder a search writes its records in, which the paths in them are relative to
+        self.base = self.root
 
     def _place(self, root: Path) -> None:
         self.root = root
@@ -48,6 +53,18 @@ class Logbook:
         kid = copy.copy(self)
         kid._place(self.root / "children" / name)
         return kid
+
+    def seeded(self, seed: int) -> "Logbook":
+        """The logbook of one seed's search (`seeds/seed<s>/`): its records, with paths
+        relative to it, and its children inside it."""
+        kid = copy.copy(self)
+        kid._place(self.root / "seeds" / f"seed{seed}")
+        kid.base = kid.root
+        return kid
+
+    def relative(self, path: Path) -> str:
+        """`path` as the records hold it: relative to the search's folder."""
+        return str(path.relative_to(self.base))
 
     @staticmethod
     def claim(logs_root: Path, problem: str, topology: str) -> int:
@@ -140,7 +157,11 @@ class Logbook:
             folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def write_metrics(self, tag: str, metrics: dict[str, Any]) -> Path:
+    def write_metrics(self, tag: str, metrics: dict[str, Any], per_image: PerImage) -> Path:
+        """`eval/<tag>/metrics.json` and, beside it, the per-image results the tables'
+        intervals are drawn from (`per_image.npz`, compressed, no pickles)."""
+        if self.writer:
+            write_atomic(self.evals / tag / PER_IMAGE, lambda fh: np.savez_compressed(fh, **per_image))
         return self.write_json(Path("eval") / tag / "metrics.json", metrics)
 
     def write_json(self, relative: str | Path, data: Any) -> Path:

@@ -11,7 +11,7 @@ import torch
 
 from quantlab.engine import checkpoint
 from quantlab.engine.context import RunContext
-from quantlab.engine.trainer import Trainer, read_weights
+from quantlab.engine.trainer import Trainer, epoch_tag, read_weights
 
 
 def fit_child(ctx: RunContext, source: Path) -> dict[str, float]:
@@ -31,6 +31,17 @@ def fit_child(ctx: RunContext, source: Path) -> dict[str, float]:
         return trainer.fit()
     finally:
         trainer.close()
+
+
+def evaluation_at(ctx: RunContext, tag: str) -> str:
+    """The evaluation `tag` of the run `ctx` as records name it: its folder relative to
+    the search's folder (the tables read its per-image results there)."""
+    return ctx.logbook.relative(ctx.logbook.evals / tag)
+
+
+def final_evaluation(ctx: RunContext) -> str:
+    """Where the child `ctx` scored the metrics `fit_child` returns: its last epoch."""
+    return evaluation_at(ctx, epoch_tag(ctx.cfg["training"]["epochs"]))
 
 
 def evaluate_child(ctx: RunContext, source: Path, rules: list[dict], tag: str) -> dict[str, float]:

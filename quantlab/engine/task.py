@@ -18,8 +18,11 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from quantlab.metrics.bootstrap import PerImage, Scored
 
 Batch = dict[str, Any]
 #: averages one number over the ranks that take a training step together
@@ -84,8 +87,15 @@ class Task(ABC):
         """Per-sample predictions (picklable, each with the sample's `index`)."""
 
     @abstractmethod
-    def evaluate(self, predictions: list[dict], dataset: Dataset) -> dict[str, float]:
-        """Metrics of the predictions over the whole split (flat dict of numbers)."""
+    def evaluate(self, predictions: list[dict], dataset: Dataset) -> Scored:
+        """Metrics of the predictions over the whole split (flat dict of numbers) and the
+        per-image results they come from, which `resample` scores again."""
+
+    @abstractmethod
+    def resample(self, per_image: PerImage, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """The metrics again with each test image counted as `weights` [B, images] says
+        (bootstrap replicates; nan where a replicate leaves a metric undefined). At unit
+        weights they equal `evaluate`'s metrics (the tests hold each task to it)."""
 
     @abstractmethod
     def report(self, metrics: dict[str, float], folder: Path) -> str:

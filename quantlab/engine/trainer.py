@@ -31,6 +31,11 @@ from quantlab.quant import calibration, qat
 from quantlab.quant.editing import rebuild
 
 
+def epoch_tag(epoch: int) -> str:
+    """The evaluation tag of the model after `epoch` epochs (its `eval/` folder)."""
+    return f"epoch_{epoch:04d}"
+
+
 def read_weights(ctx: RunContext, model: torch.nn.Module, path: Path) -> list[dict]:
     """Load `path` into `model` on every rank (the same file, so a failure is the same
     error on each); say what the reader dropped or re-derived; return the report rows of
@@ -261,7 +266,7 @@ class Trainer:
     def _evaluate(self, epoch: int, state: dict[str, Any]) -> dict[str, float]:
         """Evaluate the saved epoch, then save it again with its metrics (and as best)."""
         last = epoch + 1 == self.train_cfg["epochs"]
-        metrics = self.evaluate(self.ctx.cfg["engine"]["eval_split"], f"epoch_{epoch + 1:04d}", quiet=not last)
+        metrics = self.evaluate(self.ctx.cfg["engine"]["eval_split"], epoch_tag(epoch + 1), quiet=not last)
         value = metrics[self.ctx.task.best_metric]
         is_best = self.best is None or value > self.best
         if is_best:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from quantlab.metrics.bootstrap import PerImage, Scored, rates
+
 BIN_NAMES = ("near", "medium", "far")
 #: the k of ADD / ADI below k x diameter that the tables report
 FRACTIONS = (0.05, 0.1, 0.2, 0.5)
@@ -55,45 +57,82 @@ def depth_bin_index(depths: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 @dataclass
 class PoseRecord:
-    """One ground-truth instance with its errors (inf when missed)."""
+    """One ground-truth instance with its errors (inf when missed) and its test image."""
     depth: float
     add: float
     adi: float
     rep: float
+    image: int = 0
 
 
 def accuracy(errors: np.ndarray, threshold: float) -> float:
     """Percentage of errors strictly below `threshold` (nan for an empty set)."""
     errors = np.asarray(errors, dtype=float)
-    return float(100.0 * np.mean(errors < threshold)) if errors.size else float("nan")
+    return float(rates(errors < threshold, np.ones((1, errors.size)))[0])
 
 
-def summarize(records: list[PoseRecord], diameter: float,
-              fractions: tuple[float, ...] = FRACTIONS,
-              pixels: tuple[float, ...] = (2, 5, 10, 20),
-              n_bins: int = 3) -> dict[str, float]:
-    """Accuracy table: ADD/ADI below k diameters (error / diameter < k, the BOP toolkit's
-    form, which differs from error < k x diameter at the boundary in floating point) and
-    REP below p px, for all and per depth bin."""
-    depth = np.array([r.depth for r in records])
-    errors = {"ADD": np.array([r.add for r in records]), "ADI": np.array([r.adi for r in records]),
-              "REP": np.array([r.rep for r in records])}
+def accuracies(depth: np.ndarray, errors: dict[str, np.ndarray], diameter: float, weights: np.ndarray,
+               fractions: tuple[float, ...] = FRACTIONS, pixels: tuple[float, ...] = (2, 5, 10, 20),
+               n_bins: int = 3) -> dict[str, np.ndarray]:
+    """ADD/ADI below k diameters (error / diameter < k, the BOP toolkit's form, which
+    differs from error < k x diameter at the boundary in floating point) and REP below p
+    px, for all instances and per depth bin, with each instance counted as often as
+    `weights` [B, N] says (one row per bootstrap replicate). The bins are fixed by the
+    depths of all instances, so a replicate scores the same depth ranges."""
     edges = depth_bin_edges(depth, n_bins)
-    names = BIN_NAMES if n_bins == 3 else tuple(f"bin{i}" for i in range(n_bins))
-    groups = {"all": np.ones(len(records), bool)}
     bins = depth_bin_index(depth, edges)
-    for i, name in enumerate(names):
-        groups[name] = bins == i
-    out: dict[str, float] = {}
+    groups = {"all": np.ones(len(depth), bool), **{name: bins == i for i, name in enumerate(bin_names(n_bins))}}
+    out: dict[str, np.ndarray] = {}
     for group, sel in groups.items():
-        out[f"count/{group}"] = int(sel.sum())
+        weighted = weights * sel
         for metric in ("ADD", "ADI"):
-            for k in fractions:  # as the BOP toolkit compares: error / diameter < k
-                out[f"{metric}-{k:g}d/{group}"] = accuracy(errors[metric][sel] / diameter, k)
+            for k in fractions:
+                out[f"{metric}-{k:g}d/{group}"] = rates(errors[metric] / diameter < k, weighted)
         for p in pixels:
-            out[f"REP-{p:g}px/{group}"] = accuracy(errors["REP"][sel], p)
-    out["missed"] = int(np.sum(~np.isfinite(errors["ADD"])))
-    for i, name in enumerate(names):
+            out[f"REP-{p:g}px/{group}"] = rates(errors["REP"] < p, weighted)
+    return out
+
+
+def bin_names(n_bins: int) -> tuple[str, ...]:
+    return BIN_NAMES if n_bins == 3 else tuple(f"bin{i}" for i in range(n_bins))
+
+
+def per_image(records: list[PoseRecord], images: list[int], diameter: float) -> PerImage:
+    """The records as columns: `image` is the position of each instance's image in
+    `images` (the split's images, instances or not), the order bootstrap weights follow."""
+    position = {image: i for i, image in enumerate(images)}
+    return {"images": np.asarray(images, dtype=np.int64),
+            "image": np.array([position[r.image] for r in records], dtype=np.int64),
+            "depth": np.array([r.depth for r in records], dtype=np.float64),
+            "ADD": np.array([r.add for r in records], dtype=np.float64),
+            "ADI": np.array([r.adi for r in records], dtype=np.float64),
+            "REP": np.array([r.rep for r in records], dtype=np.float64),
+            "diameter": np.float64(diameter)}
+
+
+def resample(columns: PerImage, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """`accuracies` with each test image counted as `weights` [B, images] says."""
+    errors = {k: columns[k] for k in ("ADD", "ADI", "REP")}
+    return accuracies(columns["depth"], errors, float(columns["diameter"]), weights[:, columns["image"]])
+
+
+def summarize(records: list[PoseRecord], diameter: float, images: list[int] | None = None,
+              n_bins: int = 3) -> Scored:
+    """The accuracy table (`accuracies` once, every instance once), instance counts, misses
+    and bin edges, with the per-image results behind it (`images`: the split's images;
+    default: those of the records)."""
+    images = sorted({r.image for r in records}) if images is None else images
+    columns = per_image(records, images, diameter)
+    errors = {k: columns[k] for k in ("ADD", "ADI", "REP")}
+    depth = columns["depth"]
+    out: dict[str, float] = {k: float(v[0]) for k, v in
+                             accuracies(depth, errors, diameter, np.ones((1, len(records))), n_bins=n_bins).items()}
+    edges = depth_bin_edges(depth, n_bins)
+    bins = depth_bin_index(depth, edges)
+    out["count/all"] = len(records)
+    for i, name in enumerate(bin_names(n_bins)):
+        out[f"count/{name}"] = int(np.sum(bins == i))
         out[f"depth_min/{name}"] = float(edges[i])
         out[f"depth_max/{name}"] = float(edges[i + 1])
-    return out
+    out["missed"] = int(np.sum(~np.isfinite(errors["ADD"])))
+    return Scored(out, columns)

@@ -10,6 +10,7 @@ its section file; main.py, the trainer and the Task base class do not change.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from quantlab.engine.context import RunContext
-from quantlab.records import TableSpec, save_tables
+from quantlab.engine.config import overlaid
+from quantlab.errors import ConfigError
+from quantlab.records import TableSpec, over_seeds, save_tables
 
 HERE = Path(__file__).resolve().parent
 #: the engine's and the quantization library's defaults, in the repository's cfg/
@@ -104,13 +107,42 @@ def task_tables(ctx: RunContext, records: str) -> tuple[TableSpec, ...]:
     return tuple(t for t in getattr(ctx.task, "tables", ()) if t.mode == records)
 
 
+def all_tables(task) -> list[TableSpec]:
+    """Every table of the modes and of the task."""
+    return [*(t for m in MODES.values() for t in m.tables), *getattr(task, "tables", ())]
+
+
+def record_roots(ctx: RunContext) -> list[Path]:
+    """The folders whose records the tables read: the experiment's, or with `seeds` one
+    per seed (`seeds/seed<s>/`, where `execute` ran the search)."""
+    return [ctx.logbook.seeded(s).root for s in ctx.cfg["seeds"]] or [ctx.logbook.root]
+
+
 def publish(ctx: RunContext, specs: tuple[TableSpec, ...] | list[TableSpec]) -> str:
-    """Build the tables from the experiment's records, write them under `tables/` (main
-    rank), print them and return their Markdown."""
-    tables = [spec.build(ctx.logbook.root, ctx.task, ctx.cfg) for spec in specs]
+    """Build the tables from the experiment's records (one per seed, then combined over
+    the seeds), write them under `tables/` (main rank), print them and return their Markdown."""
+    tables = [over_seeds([spec.build(root, ctx.task, ctx.cfg) for root in record_roots(ctx)]) for spec in specs]
     markdown = save_tables(ctx.logbook.root, tables, ctx.world.is_main)
     ctx.say(f"\n{markdown}\n\ntables written to {ctx.logbook.root / 'tables'}")
     return markdown
+
+
+def execute(mode: Mode, ctx: RunContext) -> None:
+    """Run `mode`. A search (a mode with child runs) given `seeds` runs once per seed, each
+    in `seeds/seed<s>/` with `seed: s` (resumable like any search: finished children are
+    kept), then writes the tables over the seeds."""
+    seeds = ctx.cfg["seeds"]
+    if not seeds or not mode.children:
+        mode.run(ctx)
+        return
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"config key 'seeds': {seeds} repeats a seed")
+    for number, seed in enumerate(seeds, start=1):
+        ctx.say(f"\n== seed {seed} ({number} of {len(seeds)}) ==")
+        mode.run(dataclasses.replace(ctx, logbook=ctx.logbook.seeded(seed),
+                                     cfg=overlaid(ctx.cfg, {"seed": seed, "seeds": []})))
+    first = record_roots(ctx)[0]
+    publish(ctx, [spec for spec in all_tables(ctx.task) if (first / spec.mode).is_dir()])
 
 
 #: every mode, by name; discovered last, since the mode modules import the names above

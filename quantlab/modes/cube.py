@@ -6,7 +6,7 @@ from __future__ import annotations
 from quantlab.engine.claims import Claimed, Jobs
 from quantlab.engine.context import RunContext
 from quantlab.modes import WORKER, Child, Mode, publish
-from quantlab.mqat.runner import float_metric, staged
+from quantlab.mqat.runner import float_entry, staged
 from quantlab.mqat.search import Cube, module_cube, subsets
 from quantlab.mqat.tables import TABLES
 
@@ -21,10 +21,11 @@ def cube(ctx: RunContext, done: Claimed) -> Cube:
     """The float start, then the cube (part `cube`); finished probes come from the ledger.
     `mqat/cube.json` is written once every probe is in (a worker may see only some)."""
     with done.jobs.part("cube"):
-        start = float_metric(ctx, done)
-        found = module_cube(list(ctx.task.groups), start, staged(ctx, done), ctx.cfg["mqat"]["probe_bits"])
+        start = float_entry(ctx, done)
+        found = module_cube(list(ctx.task.groups), start["metric"], staged(ctx, done), ctx.cfg["mqat"]["probe_bits"])
     if not done.jobs.pending:
         ctx.logbook.write_json("mqat/cube.json", {"float_metric": found.float_metric, "cube": found.cube,
+                                                  "float_evaluation": start.get("evaluation"),
                                                   "singles": found.singles, "ranking": found.ranking})
         ctx.say(f"flow by module change (least harmful first): {' -> '.join(found.ranking)}")
     return found

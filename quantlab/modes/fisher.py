@@ -13,7 +13,7 @@ from __future__ import annotations
 from quantlab.engine.claims import Claimed, Jobs
 from quantlab.engine.config import child_config
 from quantlab.engine.context import RunContext
-from quantlab.engine.runs import evaluate_child, fit_child
+from quantlab.engine.runs import evaluate_child, evaluation_at, final_evaluation, fit_child
 from quantlab.errors import ConfigError
 from quantlab.modes import WORKER, Child, Mode, publish, task_tables
 from quantlab.modes.ptq import average_precision, check_hooks, float_weights, scheme_bits, traced
@@ -54,8 +54,9 @@ def allocations(ctx: RunContext, jobs: Jobs) -> Claimed:
         return {"bits": bits, "average_bits": average_precision(bits, counts)}
     for scheme in settings["schemes"]:
         plans.obtain(scheme, lambda: allocate(scheme))
+    reference = ctx.child("fisher/float")
     plans.obtain("float", lambda: {"bits": {}, "average_bits": float(FLOAT_BITS), "metrics": evaluate_child(
-        ctx.child("fisher/float"), ctx.start, [], "float")})
+        reference, ctx.start, [], "float"), "evaluation": evaluation_at(reference, "float")})
     return plans
 
 
@@ -74,8 +75,10 @@ def run(ctx: RunContext) -> None:
         cfg = child_config(ctx.cfg, str(ctx.start), layer_rules(plan["bits"], settings["algorithm"]),
                            settings["epochs"])
         cfg["quantize"]["fisher_regularizer"] = float(weight)
-        metrics = fit_child(ctx.child(f"fisher/{scheme}_lambda{weight:g}", cfg), ctx.start)
-        return {"scheme": scheme, "regularizer": weight, "average_bits": plan["average_bits"], "metrics": metrics}
+        child = ctx.child(f"fisher/{scheme}_lambda{weight:g}", cfg)
+        metrics = fit_child(child, ctx.start)
+        return {"scheme": scheme, "regularizer": weight, "average_bits": plan["average_bits"], "metrics": metrics,
+                "evaluation": final_evaluation(child)}
 
     with jobs.part("runs"):
         for scheme in settings["schemes"]:

@@ -9,7 +9,7 @@ from quantlab.engine import distributed as dist
 from quantlab.engine.config import child_config
 from quantlab.engine.context import RunContext
 from quantlab.engine.loaders import train_loader
-from quantlab.engine.runs import fit_child, load_model
+from quantlab.engine.runs import final_evaluation, fit_child, load_model
 from quantlab.engine.task import to_device
 from quantlab.errors import ConfigError
 from quantlab.modes import Mode
@@ -68,7 +68,8 @@ def run_hawq(ctx: RunContext) -> dict:
     child = ctx.child("qat", child_config(ctx.cfg, str(ctx.start), layer_rules(result["bits"], settings["algorithm"]),
                                           settings["epochs"]))
     metrics = fit_child(child, ctx.start)
-    result.update(metric=metrics[ctx.task.best_metric], metrics=metrics, experiment=str(child.logbook.root))
+    result.update(metric=metrics[ctx.task.best_metric], metrics=metrics, experiment=str(child.logbook.root),
+                  evaluation=final_evaluation(child))
     ctx.logbook.write_json("hawq/allocation.json", result)
     return result
 

@@ -77,6 +77,7 @@ def run(ctx: RunContext) -> None:
     floats = done.entries[candidate_key({m: FLOAT_BITS for m in modules}, None)]
     result = {"bits": bits, "order": order, "metric": best["metric"], "metrics": best.get("metrics", {}),
               "float_metric": found.float_metric, "float_metrics": floats.get("metrics", {}),
+              "evaluation": best.get("evaluation"), "float_evaluation": floats.get("evaluation"),
               "compression": float_size / model_size(bits, weights, rest), "experiment": best["experiment"],
               "candidates": evidence}
     ctx.logbook.write_json("mqat/result.json", result)
@@ -112,25 +113,29 @@ def _baselines(ctx: RunContext, done: Claimed, weights: dict[str, int], rest: in
         rows = []
         for b in settings["ablation_bits"]:
             bits = {m: b if m == module else FLOAT_BITS for m in modules}
-            rows.append({"bits": b, "metric": run_candidate(bits, None)["metric"],
+            found = run_candidate(bits, None)
+            rows.append({"bits": b, "metric": found["metric"], "evaluation": found.get("evaluation"),
                          "compression": float_size / model_size(bits, weights, rest)})
         out["ablation"] = {"module": module, "rows": rows}
     if settings["float_finetune"]:
-        out["float_finetune"] = staged(ctx, done, FINETUNE)({m: FLOAT_BITS for m in modules}, None)["metric"]
+        found = staged(ctx, done, FINETUNE)({m: FLOAT_BITS for m in modules}, None)
+        out["float_finetune"], out["float_finetune_evaluation"] = found["metric"], found.get("evaluation")
     epochs = ctx.cfg["mqat"]["stage_epochs"] * len(modules)
     out["uniform"] = []
     for algorithm in settings["uniform_algorithms"]:
         run_uniform = staged(ctx, done, algorithm, epochs)
         for b in settings["uniform_bits"]:
             bits = {m: b for m in modules}
-            out["uniform"].append({"algorithm": algorithm, "bits": b, "metric": run_uniform(bits, None)["metric"],
+            found = run_uniform(bits, None)
+            out["uniform"].append({"algorithm": algorithm, "bits": b, "metric": found["metric"],
+                                   "evaluation": found.get("evaluation"),
                                    "compression": float_size / model_size(bits, weights, rest)})
     out["hawq"] = []
     for budget in settings["hawq"]:
         name = f"hawq-{budget:g}x"
         cfg = overlaid(ctx.cfg, {"hawq": {"min_compression": budget}})
         hawq = done.obtain(name, lambda: {k: v for k, v in run_hawq(ctx.child(name, cfg)).items()
-                                          if k in ("metric", "compression", "bits", "experiment")})
+                                          if k in ("metric", "compression", "bits", "experiment", "evaluation")})
         if hawq is not None:
             out["hawq"].append({"budget": budget, **hawq})
     return out

@@ -24,7 +24,7 @@ import torch
 from quantlab.engine import distributed as dist
 from quantlab.engine.claims import Claimed, Jobs
 from quantlab.engine.context import RunContext
-from quantlab.engine.runs import evaluate_child, load_model
+from quantlab.engine.runs import evaluate_child, evaluation_at, load_model
 from quantlab.engine.task import to_device
 from quantlab.errors import ConfigError
 from quantlab.modes import WORKER, Child, Mode, publish, task_tables
@@ -155,10 +155,12 @@ def run(ctx: RunContext) -> None:
     def evaluate(scheme: str, target: int, trace: dict[str, dict]) -> dict:
         bits = {} if scheme == "float" else scheme_bits(scheme, target, tensors, counts, trace, settings)
         average = average_precision(bits, counts)
-        metrics = evaluate_child(ctx.child(f"ptq/{scheme}_{target}"), ctx.start, layer_rules(bits, "symmetric"), "ptq")
+        child = ctx.child(f"ptq/{scheme}_{target}")
+        metrics = evaluate_child(child, ctx.start, layer_rules(bits, "symmetric"), "ptq")
         ctx.say(f"PTQ {scheme:<16} at {target:>2} bits (average {average:.2f}): {ctx.task.best_metric} "
                 f"{metrics[ctx.task.best_metric]:.2f}")
-        return {"scheme": scheme, "target": target, "bits": bits, "average_bits": average, "metrics": metrics}
+        return {"scheme": scheme, "target": target, "bits": bits, "average_bits": average, "metrics": metrics,
+                "evaluation": evaluation_at(child, "ptq")}
 
     with jobs.part("schemes"):
         for scheme, target in plans:

@@ -2,22 +2,16 @@
 printed and written under `tables/` (`--table all` or one of them by name)."""
 from __future__ import annotations
 
-from quantlab import modes
 from quantlab.engine.context import RunContext
 from quantlab.errors import ConfigError
-from quantlab.modes import Mode, publish
-from quantlab.records import TableSpec
-
-
-def known(ctx: RunContext) -> list[TableSpec]:
-    """Every table of the modes and of the task."""
-    return [*(t for m in modes.MODES.values() for t in m.tables), *getattr(ctx.task, "tables", ())]
+from quantlab.modes import Mode, all_tables, publish, record_roots
 
 
 def run(ctx: RunContext) -> None:
-    specs = {s.name: s for s in known(ctx) if (ctx.logbook.root / s.mode).is_dir()}
+    first = record_roots(ctx)[0]
+    specs = {s.name: s for s in all_tables(ctx.task) if (first / s.mode).is_dir()}
     if not specs:
-        folders = sorted({s.mode for s in known(ctx)})
+        folders = sorted({s.mode for s in all_tables(ctx.task)})
         raise ConfigError(f"--mode table: {ctx.logbook.root} holds no records of --mode {', '.join(folders)}")
     name = ctx.options["table"]
     if name != "all" and name not in specs:

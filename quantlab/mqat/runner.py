@@ -13,7 +13,7 @@ from typing import Any
 from quantlab.engine.claims import PENDING, Claimed
 from quantlab.engine.config import child_config
 from quantlab.engine.context import RunContext
-from quantlab.engine.runs import evaluate_child, fit_child
+from quantlab.engine.runs import evaluate_child, evaluation_at, final_evaluation, fit_child
 from quantlab.mqat.search import Run
 from quantlab.quant.editing import layer_rules
 from quantlab.quant.layers import FLOAT_BITS
@@ -39,12 +39,15 @@ def cached(ledger: Ledger | Claimed, run: Run, algorithm: str | None = None) -> 
     return wrapped
 
 
-def float_metric(ctx: RunContext, ledger: Ledger | Claimed) -> float:
-    """The float start's metric on the evaluation split (recorded like a candidate)."""
+def float_entry(ctx: RunContext, ledger: Ledger | Claimed) -> dict[str, Any]:
+    """The float start's metrics on the evaluation split and where they were scored
+    (recorded like a candidate)."""
     def evaluate(bits: dict[str, int], order: list[str] | None) -> dict:
-        metrics = evaluate_child(ctx.child("float"), ctx.start, [], "float")
-        return {"metric": metrics[ctx.task.best_metric], "metrics": metrics}
-    return cached(ledger, evaluate)({m: FLOAT_BITS for m in ctx.task.groups}, None)["metric"]
+        child = ctx.child("float")
+        metrics = evaluate_child(child, ctx.start, [], "float")
+        return {"metric": metrics[ctx.task.best_metric], "metrics": metrics,
+                "evaluation": evaluation_at(child, "float")}
+    return cached(ledger, evaluate)({m: FLOAT_BITS for m in ctx.task.groups}, None)
 
 
 class StagedRuns:
@@ -78,7 +81,8 @@ class StagedRuns:
             source = child.logbook.saves / "last.pt"
         if child is None:
             raise ValueError(f"candidate {bits} in flow {order} has no stage")
-        return {"metric": metrics[self.ctx.task.best_metric], "metrics": metrics, "experiment": str(child.logbook.root)}
+        return {"metric": metrics[self.ctx.task.best_metric], "metrics": metrics, "experiment": str(child.logbook.root),
+                "evaluation": final_evaluation(child)}
 
 
 def staged(ctx: RunContext, ledger: Ledger | Claimed, algorithm: str | None = None, epochs: int | None = None) -> Run:

@@ -19,7 +19,7 @@ Run = Callable[[dict[str, int], "list[str] | None"], dict[str, Any]]
 @dataclass
 class Cube:
     float_metric: float
-    cube: list[dict[str, Any]]          # one row per non-empty subset: bits, metric, delta
+    cube: list[dict[str, Any]]          # one row per non-empty subset: bits, metric, delta, evaluation
     singles: dict[str, float]           # metric change of each module quantized alone
     ranking: list[str]                  # single modules, least harmful first
 
@@ -35,8 +35,9 @@ def module_cube(modules: list[str], float_metric: float, run: Run, probe_bits: i
     cube = []
     for subset in subsets(modules):
         bits = {m: probe_bits if m in subset else FLOAT_BITS for m in modules}
-        metric = run(bits, None)["metric"]
-        cube.append({"bits": bits, "metric": metric, "delta": metric - float_metric})
+        found = run(bits, None)
+        cube.append({"bits": bits, "metric": found["metric"], "delta": found["metric"] - float_metric,
+                     "evaluation": found.get("evaluation")})
     singles = {}
     for row in cube:
         quantized = [m for m, b in row["bits"].items() if b != FLOAT_BITS]

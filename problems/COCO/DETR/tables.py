@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from quantlab.metrics.intervals import Evidence
 from quantlab.quant.layers import FLOAT_BITS
 from quantlab.records import Table, TableSpec, read_json
 
 
 def detr_ptq(folder: Path, task, cfg: dict) -> Table:
     metric, schemes = task.best_metric, cfg["ptq"]["schemes"]
-    results = read_json(folder / "ptq" / "results.json")
+    results, evidence = read_json(folder / "ptq" / "results.json"), Evidence(folder, task, cfg)
+    reference = results.get(f"float@{FLOAT_BITS}", {}).get("evaluation")
     paper = task.published.get("detr_ptq", {})
     targets = sorted({r["target"] for r in results.values() if r["scheme"] != "float"}, reverse=True)
     header = ["avg bits"] + [f"{s} {source}" for s in schemes for source in ("ours", "paper")]
@@ -23,9 +25,10 @@ def detr_ptq(folder: Path, task, cfg: dict) -> Table:
         for scheme in schemes:
             key = f"float@{FLOAT_BITS}" if target is None else f"{scheme}@{target}"
             show = target is not None or scheme == "uniform"
-            ours = results.get(key, {}).get("metrics", {}).get(metric) if show else None
+            entry = results.get(key, {})
+            ours = entry.get("metrics", {}).get(metric) if show else None
             theirs = paper.get(label, {}).get(scheme) if show else None
-            row += [ours, theirs]
+            row += [evidence.estimate(ours, entry.get("evaluation"), metric, reference), theirs]
         rows.append(row)
     return Table("detr_ptq", f"Weight-only PTQ, {metric} by average bits (float row: uniform columns)", header, rows)
 
@@ -33,22 +36,21 @@ def detr_ptq(folder: Path, task, cfg: dict) -> Table:
 def detr_fisher(folder: Path, task, cfg: dict) -> Table:
     metric, critical, schemes = task.best_metric, task.critical_metric, cfg["fisher"]["schemes"]
     results = read_json(folder / "fisher" / "results.json")
-    reference = read_json(folder / "fisher" / "allocations.json").get("float", {}).get("metrics", {})
-    rows = [["float", None, float(FLOAT_BITS), reference.get(metric), reference.get(critical), None, None, None]]
+    start = read_json(folder / "fisher" / "allocations.json").get("float", {})
+    reference, base, evidence = start.get("evaluation"), start.get("metrics", {}), Evidence(folder, task, cfg)
+    rows = [["float", None, float(FLOAT_BITS), evidence.estimate(base.get(metric), reference, metric),
+             evidence.estimate(base.get(critical), reference, critical), None, None, None]]
     order = {s: i for i, s in enumerate(schemes)}
     for entry in sorted(results.values(), key=lambda e: (order.get(e["scheme"], len(order)), e["regularizer"])):
-        ours = entry["metrics"]
-        rows.append([entry["scheme"], f"{entry['regularizer']:g}", entry["average_bits"], ours.get(metric),
-                     ours.get(critical), _change(ours.get(metric), reference.get(metric)),
-                     _change(ours.get(critical), reference.get(critical)), entry.get("same_as")])
+        ours, where = entry["metrics"], entry.get("evaluation")
+        rows.append([entry["scheme"], f"{entry['regularizer']:g}", entry["average_bits"],
+                     *[evidence.estimate(ours.get(m), where, m, reference) for m in (metric, critical)],
+                     *[evidence.change(ours.get(m), where, base.get(m), reference, m) for m in (metric, critical)],
+                     entry.get("same_as")])
     return Table("detr_fisher", f"Mixed-precision QAT: {metric} and {critical} by allocation scheme and "
                  "Fisher-trace regularizer lambda (changes against float)",
                  ["scheme", "lambda", "avg bits", metric, critical, f"{metric} change", f"{critical} change",
                   "bits of"], rows)
-
-
-def _change(value: float | None, reference: float | None) -> float | None:
-    return None if value is None or reference is None else value - reference
 
 
 TABLES = (TableSpec("detr_ptq", "ptq", detr_ptq), TableSpec("detr_fisher", "fisher", detr_fisher))

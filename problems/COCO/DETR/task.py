@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
-from problems.COCO import evaluation
+from problems.COCO import evaluation, resampling
 from problems.COCO.dataset import CocoDetection, annotation_file, collate, load_coco
 from problems.COCO.DETR.critical import fold_labels, fold_logits
 from problems.COCO.DETR.distillation import distillation_loss
@@ -20,6 +21,7 @@ from quantlab.engine.checkpoint import load_matching
 from quantlab.engine.synthetic import prepare_synthetic
 from quantlab.engine.task import Across, Batch, Task
 from quantlab.errors import ConfigError
+from quantlab.metrics.bootstrap import PerImage, Scored
 
 SPLITS = {"train": "train", "test": "val", "val": "val"}
 
@@ -153,9 +155,14 @@ class DETRTask(Task):
         found = detections(outputs, batch["orig_size"], batch["image_id"])
         return [{"index": i, "detections": d} for i, d in zip(batch["index"], found)]
 
-    def evaluate(self, predictions: list[dict], dataset: CocoDetection) -> dict[str, float]:
-        flat = [d for p in predictions for d in p["detections"]]
-        return evaluation.evaluate(flat, dataset.coco, self.cfg["evaluation"]["critical"])
+    def evaluate(self, predictions: list[dict], dataset: CocoDetection) -> Scored:
+        """COCOeval's metrics, and its per-image matches for the bootstrap (`resampling`)."""
+        flat, critical = [d for p in predictions for d in p["detections"]], self.cfg["evaluation"]["critical"]
+        return Scored(evaluation.evaluate(flat, dataset.coco, critical), resampling.per_image(flat, dataset.coco,
+                                                                                               critical))
+
+    def resample(self, per_image: PerImage, weights: np.ndarray) -> dict[str, np.ndarray]:
+        return resampling.resample(per_image, weights)
 
     def report(self, metrics: dict[str, float], folder: Path) -> str:
         return evaluation.table(metrics)

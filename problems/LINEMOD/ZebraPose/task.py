@@ -32,6 +32,7 @@ from quantlab.engine.checkpoint import load_matching
 from quantlab.engine.synthetic import prepare_synthetic
 from quantlab.engine.task import Across, Batch, Task
 from quantlab.errors import CheckpointError, DataError
+from quantlab.metrics.bootstrap import PerImage, Scored
 
 ALIASES = "aliases of net.resnet.resnet_layer_* (the official network registers its encoder twice; checked equal)"
 
@@ -242,8 +243,11 @@ class ZebraPoseTask(Task):
                             "t": None if pose is None else pose[1]}
         return [found[k] for k in range(len(batch["index"]))]
 
-    def evaluate(self, predictions: list[dict], dataset: TestCrops) -> dict[str, float]:
+    def evaluate(self, predictions: list[dict], dataset: TestCrops) -> Scored:
         return evaluation.evaluate(predictions, dataset.instances, self.data.models)
+
+    def resample(self, per_image: PerImage, weights: np.ndarray) -> dict[str, np.ndarray]:
+        return evaluation.resample(per_image, weights)
 
     def report(self, metrics: dict[str, float], folder: Path) -> str:
         return evaluation.table(metrics, self.data.models)

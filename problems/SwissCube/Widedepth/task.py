@@ -22,6 +22,8 @@ from quantlab.engine.checkpoint import load_matching
 from quantlab.engine.synthetic import prepare_synthetic
 from quantlab.engine.task import Across, Batch, Task
 from quantlab.errors import CheckpointError
+from quantlab.metrics import pose
+from quantlab.metrics.bootstrap import PerImage, Scored
 
 
 class WidedepthDataset(Dataset):
@@ -151,8 +153,11 @@ class WidedepthTask(Task):
                                   ev["ransac_px"])
         return [{"index": i, "detections": d} for i, d in zip(batch["index"], dets)]
 
-    def evaluate(self, predictions: list[dict], dataset: WidedepthDataset) -> dict[str, float]:
+    def evaluate(self, predictions: list[dict], dataset: WidedepthDataset) -> Scored:
         return evaluation.evaluate(predictions, dataset.ground_truth(), self.data, self.cfg["data"]["diameter"])
+
+    def resample(self, per_image: PerImage, weights: np.ndarray) -> dict[str, np.ndarray]:
+        return pose.resample(per_image, weights)
 
     def report(self, metrics: dict[str, float], folder: Path) -> str:
         evaluation.plot_by_depth(metrics, folder / "accuracy_by_depth.png")
