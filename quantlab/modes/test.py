@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantlab.engine.context import RunContext
-from quantlab.engine.trainer import Trainer
+from quantlab.engine.trainer import Trainer, epoch_tag
 from quantlab.modes import Mode
 from quantlab.modes.train import report_quantization
 
@@ -26,7 +26,7 @@ def run(ctx: RunContext) -> None:
     trainer, source = loaded(ctx)
     try:
         ckpt = ctx.options["ckpt"]
-        tag = f"test_{Path(ckpt).stem if not ckpt.isdigit() else f'epoch_{int(ckpt):04d}'}"
+        tag = f"test_{Path(ckpt).stem if not ckpt.isdigit() else epoch_tag(int(ckpt))}"
         split = ctx.cfg["engine"]["eval_split"]
         ctx.say(f"testing {source} on the {split} split")
         trainer.evaluate(split, tag)
