@@ -167,3 +167,31 @@ def test_seeds_show_mean_and_spread_beside_the_interval_of_the_mean(tmp_path):
     alone = [next(row for row in t.rows if row[0] == "MQAT")[3] for t in tables]
     assert np.array_equal(mqat.replicates, (alone[0].replicates + alone[1].replicates) / 2)
     assert "35.00 ±7.07 [" in both.markdown() and "mean over 2 seeds" in both.markdown()
+
+
+def test_a_search_runs_once_per_seed_in_its_own_folder_and_the_tables_combine_the_seeds(tmp_path):
+    """`execute` runs a search mode once per seed (`seeds/seed<s>/`, `seed: s`), then writes
+    the tables over the seeds; a mode without child runs refuses seeds."""
+    import torch
+
+    from quantlab.engine.context import RunContext
+    from quantlab.engine.distributed import World
+    from quantlab.engine.logbook import Logbook
+    from quantlab.errors import ConfigError
+    from quantlab.modes import Mode, execute
+
+    def search(ctx):
+        experiment(ctx.logbook.root, {3: 30, 7: 40}[ctx.cfg["seed"]])
+        assert ctx.cfg["seeds"] == []
+
+    task = SimpleNamespace(groups={"backbone": "", "fpn": ""}, best_metric="ADI-0.1d/all", published={},
+                           resample=pose.resample, tables=())
+    cfg = {"seed": 0, "seeds": [3, 7], "mqat": {"probe_bits": 2}, "intervals": INTERVALS}
+    ctx = RunContext(task, cfg, World(0, 1, 0, 1), Logbook(tmp_path, "P", "T", 0, writer=True), torch.device("cpu"))
+    execute(Mode("search", "", search, children=True), ctx)
+    root = tmp_path / "P" / "T" / "exp0000"
+    assert (root / "seeds" / "seed3" / "mqat" / "result.json").is_file()
+    text = (root / "tables" / "compression.md").read_text()
+    assert "| MQAT | 8-2 (fpn > backbone) | 7.00 | 35.00 ±7.07 [" in text
+    with pytest.raises(ConfigError, match="seeds"):
+        execute(Mode("once", "", search), ctx)

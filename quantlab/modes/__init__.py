@@ -113,9 +113,10 @@ def all_tables(task) -> list[TableSpec]:
 
 
 def record_roots(ctx: RunContext) -> list[Path]:
-    """The folders whose records the tables read: the experiment's, or with `seeds` one
-    per seed (`seeds/seed<s>/`, where `execute` ran the search)."""
-    return [ctx.logbook.seeded(s).root for s in ctx.cfg["seeds"]] or [ctx.logbook.root]
+    """The folders whose records the tables read: one per seed that `execute` ran a search
+    for (`seeds/seed<s>/`), or the experiment's own."""
+    seeded = [ctx.logbook.seeded(s).root for s in ctx.cfg["seeds"]]
+    return [root for root in seeded if root.is_dir()] or [ctx.logbook.root]
 
 
 def publish(ctx: RunContext, specs: tuple[TableSpec, ...] | list[TableSpec]) -> str:
@@ -132,6 +133,10 @@ def execute(mode: Mode, ctx: RunContext) -> None:
     in `seeds/seed<s>/` with `seed: s` (resumable like any search: finished children are
     kept), then writes the tables over the seeds."""
     seeds = ctx.cfg["seeds"]
+    if seeds and mode.writes and not mode.children:
+        searches = ", ".join(m.name for m in MODES.values() if m.children)
+        raise ConfigError(f"config key 'seeds': --mode {mode.name} runs no child trainings to repeat per seed "
+                          f"(seeds apply to --mode {searches})")
     if not seeds or not mode.children:
         mode.run(ctx)
         return
