@@ -65,12 +65,6 @@ class PoseRecord:
     image: int = 0
 
 
-def accuracy(errors: np.ndarray, threshold: float) -> float:
-    """Percentage of errors strictly below `threshold` (nan for an empty set)."""
-    errors = np.asarray(errors, dtype=float)
-    return float(rates(errors < threshold, np.ones((1, errors.size)))[0])
-
-
 def accuracies(depth: np.ndarray, errors: dict[str, np.ndarray], diameter: float, weights: np.ndarray,
                fractions: tuple[float, ...] = FRACTIONS, pixels: tuple[float, ...] = (2, 5, 10, 20),
                n_bins: int = 3) -> dict[str, np.ndarray]:
