@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from problems.COCO import resampling
-from problems.COCO.evaluation import coco_index, evaluate
+from problems.COCO.evaluation import coco_index, evaluate, match, summarize
 from problems.COCO.resampling import per_image, resample
 
 CATEGORIES = [{"id": 1, "name": "car"}, {"id": 2, "name": "person"}, {"id": 3, "name": "sign"},
@@ -111,7 +111,8 @@ def _assert_matches(resampled: dict[str, np.ndarray], row: int, truth: dict[str,
 @pytest.fixture(scope="module")
 def synthetic() -> tuple[dict, list[dict], dict[str, np.ndarray]]:
     dataset, detections = _synthetic()
-    return dataset, detections, per_image([dict(d) for d in detections], coco_index(dataset), CRITICAL)
+    coco = coco_index(dataset)
+    return dataset, detections, per_image(match([dict(d) for d in detections], coco), coco, CRITICAL)
 
 
 def test_per_image_is_flat_numeric_and_ordered(synthetic, tmp_path):
@@ -141,6 +142,18 @@ def test_unit_weights_give_evaluate(synthetic):
     _assert_matches(resampled, 0, truth)
 
 
+def test_one_match_serves_metrics_and_bootstrap(synthetic):
+    """A task matches once: summarize and per_image on the same COCOeval give evaluate()'s numbers."""
+    dataset, detections, arrays = synthetic
+    coco = coco_index(dataset)
+    matched = match([dict(d) for d in detections], coco)
+    shared = per_image(matched, coco, CRITICAL)
+    metrics = {k: v for k, v in summarize(matched, coco, CRITICAL).items() if k not in COUNTS}
+    assert metrics == _truth(dataset, detections)
+    for key, values in arrays.items():
+        np.testing.assert_array_equal(shared[key], values, err_msg=key)
+
+
 def test_weights_equal_duplicated_images(synthetic, monkeypatch):
     dataset, detections, arrays = synthetic
     rng = np.random.RandomState(3)
@@ -163,7 +176,7 @@ def test_weights_equal_duplicated_images(synthetic, monkeypatch):
 
 def test_no_detections_scores_zero(synthetic):
     dataset, _, _ = synthetic
-    arrays = per_image([], coco_index(dataset), CRITICAL)
+    arrays = per_image(match([], coco_index(dataset)), coco_index(dataset), CRITICAL)
     truth = _truth(dataset, [])
     resampled = resample(arrays, np.ones((3, N_IMAGES)))
     assert set(resampled) == set(truth) and all(v == 0.0 for v in truth.values())

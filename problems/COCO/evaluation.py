@@ -21,11 +21,28 @@ def coco_index(dataset: dict) -> COCO:
     return coco
 
 
+def match(detections: list[dict], ground_truth: COCO) -> COCOeval | None:
+    """COCOeval after evaluate(), None without detections: its per-image matches are what both `summarize` and
+    the bootstrap (resampling.per_image) read, so one evaluation matches once. loadRes writes into `detections`."""
+    if not detections:
+        return None
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_eval = COCOeval(ground_truth, ground_truth.loadRes(detections), "bbox")
+        coco_eval.params.imgIds = sorted(ground_truth.getImgIds())
+        coco_eval.evaluate()
+    return coco_eval
+
+
 def evaluate(detections: list[dict], ground_truth: COCO, critical: list[int]) -> dict[str, float]:
-    """`detections`: [{image_id, category_id, bbox [x, y, w, h], score}] in original pixels.
-    Returns percentages: the COCO summary (-1 where no ground truth falls in an area range,
-    as COCOeval has it), `AP/<category name>` for every category whose AP is defined, and
-    `critical_mAP` = the mean AP over the defined ones of the `critical` category ids.
+    """`detections`: [{image_id, category_id, bbox [x, y, w, h], score}] in original pixels; see `summarize`."""
+    return summarize(match(detections, ground_truth), ground_truth, critical)
+
+
+def summarize(matched: COCOeval | None, ground_truth: COCO, critical: list[int]) -> dict[str, float]:
+    """The metrics of `match`'s result, in percent: the COCO summary (-1 where no ground truth
+    falls in an area range, as COCOeval has it), `AP/<category name>` for every category whose
+    AP is defined, and `critical_mAP` = the mean AP over the defined ones of the `critical`
+    category ids. Without detections every metric is 0.
 
     A category whose ground truth is all crowd has no AP (COCOeval ignores crowd boxes and
     marks its precision -1): it is left out, counted in `undefined_categories` (and the
@@ -36,17 +53,13 @@ def evaluate(detections: list[dict], ground_truth: COCO, critical: list[int]) ->
     defined = {c for c in present if ground_truth.getAnnIds(catIds=[c], imgIds=images, iscrowd=False)}
     metrics = {k: 0.0 for k in SUMMARY}
     per_category = {c: 0.0 for c in sorted(defined)}
-    if detections:
+    if matched is not None:
         with contextlib.redirect_stdout(io.StringIO()):
-            found = ground_truth.loadRes(detections)
-            coco_eval = COCOeval(ground_truth, found, "bbox")
-            coco_eval.params.imgIds = images
-            coco_eval.evaluate()
-            coco_eval.accumulate()
-            coco_eval.summarize()
-        metrics = {k: 100.0 * float(v) if v >= 0 else -1.0 for k, v in zip(SUMMARY, coco_eval.stats)}
-        precision = coco_eval.eval["precision"]  # [IoU, recall, category, area, max dets]
-        for k, cat in enumerate(coco_eval.params.catIds):
+            matched.accumulate()
+            matched.summarize()
+        metrics = {k: 100.0 * float(v) if v >= 0 else -1.0 for k, v in zip(SUMMARY, matched.stats)}
+        precision = matched.eval["precision"]  # [IoU, recall, category, area, max dets]
+        for k, cat in enumerate(matched.params.catIds):
             if cat in per_category:
                 valid = precision[:, :, k, 0, -1]
                 per_category[cat] = 100.0 * float(valid[valid > -1].mean())

@@ -1,11 +1,8 @@
 """Bootstrap over test images for the COCO box metrics of evaluation.py. Matching a detection to a ground truth
-depends on its own image only, so `per_image` runs COCOeval.evaluate once and keeps its per-image matches as flat
-arrays; `resample` then redoes COCOeval.accumulate + summarize with every image counted w times, for many weight
+depends on its own image only, so `per_image` keeps the per-image matches of the evaluation's one COCOeval.evaluate
+(evaluation.match) as flat arrays; `resample` then redoes COCOeval.accumulate + summarize with every image counted w times, for many weight
 vectors at once, instead of re-running COCOeval per replicate."""
 from __future__ import annotations
-
-import contextlib
-import io
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -16,8 +13,8 @@ from problems.COCO.evaluation import SUMMARY
 CHUNK = 2 ** 24  # float64 elements of one [replicates, detections] block (128 MiB): keeps memory bounded
 
 
-def per_image(detections: list[dict], ground_truth: COCO, critical: list[int]) -> dict[str, np.ndarray]:
-    """COCOeval.evaluate's matches (IoU 0.50:0.05:0.95, 100 detections per image and category) as arrays that
+def per_image(matched: COCOeval | None, ground_truth: COCO, critical: list[int]) -> dict[str, np.ndarray]:
+    """evaluation.match's matches (IoU 0.50:0.05:0.95, 100 detections per image and category) as arrays that
     np.savez keeps. `dt_*` rows are detections and `gt_*` rows ground truths, one per (category, area range,
     image) entry of COCOeval.evalImgs and in its order, which `resample` relies on to break score ties as
     COCOeval does. Categories, area ranges and images are positions into `category_ids`, `area_ranges`,
@@ -25,14 +22,8 @@ def per_image(detections: list[dict], ground_truth: COCO, critical: list[int]) -
     images = sorted(ground_truth.getImgIds())
     names = {c["id"]: c["name"] for c in ground_truth.dataset["categories"]}
     category_ids = sorted(ground_truth.getCatIds())
-    params = COCOeval(iouType="bbox").params
-    entries = []
-    if detections:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco_eval = COCOeval(ground_truth, ground_truth.loadRes(detections), "bbox")
-            coco_eval.params.imgIds = images
-            coco_eval.evaluate()
-        entries = [(n, e) for n, e in enumerate(coco_eval.evalImgs) if e is not None]
+    params = COCOeval(iouType="bbox").params if matched is None else matched.params
+    entries = [] if matched is None else [(n, e) for n, e in enumerate(matched.evalImgs) if e is not None]
     # evalImgs runs over categories, then area ranges, then images
     category, rest = np.divmod(np.array([n for n, _ in entries], dtype=np.int64), len(params.areaRng) * len(images))
     area, image = np.divmod(rest, len(images))
@@ -46,7 +37,7 @@ def per_image(detections: list[dict], ground_truth: COCO, critical: list[int]) -
         "defined": np.array([bool(ground_truth.getAnnIds(catIds=[c], imgIds=images, iscrowd=False))
                              for c in category_ids]),
         "critical": np.array(critical, dtype=np.int64),
-        "detections": np.array(len(detections), dtype=np.int64),
+        "detections": np.array(0 if matched is None else len(matched.cocoDt.anns), dtype=np.int64),
         "iou_thresholds": np.asarray(params.iouThrs, dtype=np.float64),
         "recall_thresholds": np.asarray(params.recThrs, dtype=np.float64),
         "area_ranges": np.asarray(params.areaRng, dtype=np.float64),

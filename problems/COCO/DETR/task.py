@@ -158,8 +158,9 @@ class DETRTask(Task):
     def evaluate(self, predictions: list[dict], dataset: CocoDetection) -> Scored:
         """COCOeval's metrics, and its per-image matches for the bootstrap (`resampling`)."""
         flat, critical = [d for p in predictions for d in p["detections"]], self.cfg["evaluation"]["critical"]
-        return Scored(evaluation.evaluate(flat, dataset.coco, critical), resampling.per_image(flat, dataset.coco,
-                                                                                               critical))
+        matched = evaluation.match(flat, dataset.coco)
+        return Scored(evaluation.summarize(matched, dataset.coco, critical),
+                      resampling.per_image(matched, dataset.coco, critical))
 
     def resample(self, per_image: PerImage, weights: np.ndarray) -> dict[str, np.ndarray]:
         return resampling.resample(per_image, weights)
