@@ -90,6 +90,19 @@ def test_swisscube_campaign_counts_the_float_model_in_each_table(tmp_path):
     assert float(line.split()[-2]) == pytest.approx(float_run + cube, abs=0.05)
 
 
+def test_a_search_with_seeds_plans_its_children_once_per_seed():
+    """seeds=[0, 1, 2] runs a cube's children three times (modes.execute), so the plan counts them three times."""
+    from problems.SwissCube.Widedepth import build_task
+    from quantlab.campaign.estimate import experiment_children
+    cfg = config("SwissCube/Widedepth", "mini", ["quantize.init=0"])
+    task = build_task(cfg, REPO / "data")
+    once = experiment_children("cube", cfg, task)
+    seeded = experiment_children("cube", {**cfg, "seeds": [0, 1, 2]}, task)
+    assert len(once) == 8 and len(seeded) == 24
+    assert [c.name for c in seeded[8:16]] == [f"seed1/{c.name}" for c in once]
+    assert [c._replace(name="") for c in seeded[16:]] == [c._replace(name="") for c in once]
+
+
 BAD = {
     "topology": ("problem: SwissCube\ntopology: Widedeep\nexperiments: {a: {mode: train}}\n", "Widedeep"),
     "mode": ("problem: SwissCube\ntopology: Widedepth\nexperiments: {a: {mode: trian}}\n", "unknown mode 'trian'"),

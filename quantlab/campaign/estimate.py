@@ -24,10 +24,14 @@ class Timing:
 
 
 def experiment_children(mode: str, cfg: dict, task: object) -> list[Child]:
-    """The child runs of a search (the mode's plan), or the experiment as one run."""
+    """The child runs of a search (the mode's plan, once per seed of `seeds` for a search that repeats its child
+    trainings per seed, as modes.execute runs it), or the experiment as one run."""
     plan = MODES[mode].plan
     if plan is not None:
-        return plan(cfg, task)
+        children = plan(cfg, task)
+        if not (cfg["seeds"] and MODES[mode].children):
+            return children
+        return [c._replace(name=f"seed{seed}/{c.name}") for seed in cfg["seeds"] for c in children]
     epochs = cfg["training"]["epochs"] if MODES[mode].trains else 0
     evals = max(1, -(-epochs // max(1, cfg["engine"]["eval_every"]))) if epochs else 1
     return [Child("", mode, epochs, quantized=bool(cfg["quantize"]["rules"]), evals=evals)]
