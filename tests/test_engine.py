@@ -259,6 +259,13 @@ def test_hawq_mode_allocates_bits_under_the_budget_and_trains_them(storage):
     qat = load(exp_dir(storage, 1) / "children" / "qat" / "saves" / "last.pt")
     assert {r["layer"]: r["bits"] for r in qat["quant_layers"]} == result["bits"]
     assert "HAWQ-V3 allocation" in out.stdout and "metric" in result
+    # the table pairs HAWQ-V3 with the float start, scored in the child `float`
+    assert result["float_evaluation"] == "children/float/eval/float"
+    assert (exp_dir(storage, 1) / result["float_evaluation"] / "per_image.npz").is_file()
+    table = (exp_dir(storage, 1) / "tables" / "hawq.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert f"{result['float_metric']:.2f} [" in rows["float"] and f"{result['metric']:.2f} [" in rows["HAWQ-V3"]
+    assert f"| {result['metric'] - result['float_metric']:.2f} [" in rows["HAWQ-V3"]
     # continuing the experiment keeps the allocation and the finished QAT child
     stamps = {p: p.stat().st_mtime_ns for p in (exp_dir(storage, 1)).rglob("*.pt")}
     again = run(main_cmd("--mode", "hawq", "--exp_id", "1"), storage)

@@ -1,21 +1,24 @@
 """--mode hawq: the HAWQ-V3 baseline. Hessian traces of the float model, the sensitivity
 of every layer at every candidate bit-width, the ILP under `hawq.min_compression`, then
-QAT at the chosen bits in the child `qat`."""
+QAT at the chosen bits in the child `qat`, the float start scored in the child `float`,
+and the `hawq` table (float vs HAWQ-V3 beside the paper's point)."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 from quantlab.engine import distributed as dist
 from quantlab.engine.config import child_config
 from quantlab.engine.context import RunContext
 from quantlab.engine.loaders import train_loader
-from quantlab.engine.runs import final_evaluation, fit_child, load_model
+from quantlab.engine.runs import evaluate_child, evaluation_at, final_evaluation, fit_child, load_model
 from quantlab.engine.task import to_device
 from quantlab.errors import ConfigError
-from quantlab.modes import Mode
+from quantlab.metrics.intervals import Evidence
+from quantlab.modes import Mode, publish
 from quantlab.quant.editing import layer_rules, quantizable_weights
 from quantlab.quant.layers import FLOAT_BITS
-from quantlab.records import read_json
+from quantlab.records import Table, TableSpec, read_json
 from quantlab.sensitivity.hessian import hutchinson_traces
 from quantlab.sensitivity.ilp import Problem, solve
 from quantlab.sensitivity.omega import flat, omega, per_layer
@@ -50,11 +53,15 @@ def allocation(ctx: RunContext) -> dict:
         raise ConfigError(f"config key 'hawq.min_compression': {settings['min_compression']:g}x cannot be met "
                           f"({exc}; every layer at {bits[0]} bits gives {lowest:.2f}x)") from None
     compression = float_bits / (chosen.size + rest_bits)
-    shares = {b: sum(1 for v in chosen.bits.values() if v == b) for b in bits}
     ctx.say(f"HAWQ-V3 allocation over {len(tensors)} layers at >= {settings['min_compression']}x: "
-            + ", ".join(f"{c} x {b}-bit" for b, c in shares.items()) + f"; compression {compression:.2f}x")
+            f"{shares(chosen.bits)}; compression {compression:.2f}x")
     return {"traces": traces, "sensitivity": sensitivity, "bits": chosen.bits, "objective": chosen.objective,
             "compression": compression}
+
+
+def shares(bits: dict[str, int]) -> str:
+    """How many layers got each bit-width, e.g. `4 x 2-bit, 30 x 8-bit`."""
+    return ", ".join(f"{list(bits.values()).count(b)} x {b}-bit" for b in sorted(set(bits.values())))
 
 
 def run_hawq(ctx: RunContext) -> dict:
@@ -74,5 +81,41 @@ def run_hawq(ctx: RunContext) -> dict:
     return result
 
 
-MODE = Mode("hawq", "the HAWQ-V3 baseline: Hessian traces, ILP bits per layer, QAT at those bits", run_hawq,
-            section="hawq", trains=True, children=True, needs_start=True)
+def run(ctx: RunContext) -> None:
+    """`run_hawq`, then the float start's evaluation (what the table pairs HAWQ-V3 with) and the table."""
+    result = run_hawq(ctx)
+    if "float_evaluation" not in result:
+        reference = ctx.child("float")
+        metrics = evaluate_child(reference, ctx.start, [], "float")
+        result.update(float_metric=metrics[ctx.task.best_metric], float_metrics=metrics,
+                      float_evaluation=evaluation_at(reference, "float"))
+        ctx.logbook.write_json("hawq/allocation.json", result)
+    publish(ctx, TABLES)
+
+
+def table(folder: Path, task, cfg: dict) -> Table:
+    """Float and HAWQ-V3 with their intervals and HAWQ-V3's paired change, beside the paper's
+    point of each method nearest to the budget (as the MQAT compression table matches it)."""
+    found, metric = read_json(folder / "hawq" / "allocation.json"), task.best_metric
+    evidence, reference = Evidence(folder, task, cfg), found.get("float_evaluation")
+    budget = cfg["hawq"]["min_compression"]
+    rows = []
+    for method, bits, ratio, value, where in (
+            ("float", "FP", 1.0, found.get("float_metric"), reference),
+            ("HAWQ-V3", shares(found["bits"]) if found else None, found.get("compression"), found.get("metric"),
+             found.get("evaluation"))):
+        points = [p for p in task.published.get("compression", []) if p["method"] == method]
+        near = min(points, key=lambda p: abs(p["compression"] - (1.0 if method == "float" else budget))) \
+            if points else None
+        change = None if method == "float" else evidence.change(value, where, found.get("float_metric"), reference,
+                                                                 metric)
+        rows.append([method, bits, ratio, evidence.estimate(value, where, metric, reference), change,
+                     near and near["compression"], near and near["metric"]])
+    return Table("hawq", f"HAWQ-V3 at >= {budget:g}x, {metric} (paper: its point nearest the budget)",
+                 ["method", "bits per layer", "compression", "ours", "ours change", "paper compression", "paper"],
+                 rows)
+
+
+TABLES = (TableSpec("hawq", "hawq", table),)
+MODE = Mode("hawq", "the HAWQ-V3 baseline: Hessian traces, ILP bits per layer, QAT at those bits", run,
+            section="hawq", tables=TABLES, trains=True, children=True, needs_start=True)
