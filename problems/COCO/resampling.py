@@ -1,7 +1,7 @@
 """Bootstrap over test images for the COCO box metrics of evaluation.py. Matching a detection to a ground truth
-depends on its own image only, so `per_image` keeps the per-image matches of the evaluation's one COCOeval.evaluate
-(evaluation.match) as flat arrays; `resample` then redoes COCOeval.accumulate + summarize with every image counted w times, for many weight
-vectors at once, instead of re-running COCOeval per replicate."""
+depends on its own image only, so `per_image` keeps the per-image matches of the evaluation's one
+COCOeval.evaluate (evaluation.match) as flat arrays; `resample` then redoes COCOeval.accumulate + summarize with
+every image counted w times, for many weight vectors at once, instead of re-running COCOeval per replicate."""
 from __future__ import annotations
 
 import numpy as np

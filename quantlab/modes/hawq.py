@@ -16,6 +16,7 @@ from quantlab.engine.task import to_device
 from quantlab.errors import ConfigError
 from quantlab.metrics.intervals import Evidence
 from quantlab.modes import Mode, publish
+from quantlab.mqat.tables import nearest_point
 from quantlab.quant.editing import layer_rules, quantizable_weights
 from quantlab.quant.layers import FLOAT_BITS
 from quantlab.records import Table, TableSpec, read_json
@@ -104,13 +105,10 @@ def table(folder: Path, task, cfg: dict) -> Table:
             ("float", "FP", 1.0, found.get("float_metric"), reference),
             ("HAWQ-V3", shares(found["bits"]) if found else None, found.get("compression"), found.get("metric"),
              found.get("evaluation"))):
-        points = [p for p in task.published.get("compression", []) if p["method"] == method]
-        near = min(points, key=lambda p: abs(p["compression"] - (1.0 if method == "float" else budget))) \
-            if points else None
         change = None if method == "float" else evidence.change(value, where, found.get("float_metric"), reference,
                                                                  metric)
         rows.append([method, bits, ratio, evidence.estimate(value, where, metric, reference), change,
-                     near and near["compression"], near and near["metric"]])
+                     *nearest_point(task.published, method, 1.0 if method == "float" else budget)])
     return Table("hawq", f"HAWQ-V3 at >= {budget:g}x, {metric} (paper: its point nearest the budget)",
                  ["method", "bits per layer", "compression", "ours", "ours change", "paper compression", "paper"],
                  rows)

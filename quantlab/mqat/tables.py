@@ -25,6 +25,15 @@ def bits_label(bits: dict[str, int], modules: list[str]) -> str:
     return "-".join("FP" if bits[m] == FLOAT_BITS else str(bits[m]) for m in modules)
 
 
+def nearest_point(published: dict, method: str, target: float) -> tuple[float | None, float | None]:
+    """The paper's (compression, metric) of `method` nearest to compression `target`, or (None, None)."""
+    points = [p for p in published.get("compression", []) if p["method"] == method]
+    if not points:
+        return None, None
+    near = min(points, key=lambda p: abs(p["compression"] - target))
+    return near["compression"], near["metric"]
+
+
 def cube(folder: Path, task, cfg: dict) -> Table:
     modules, metric, published = list(task.groups), task.best_metric, task.published
     found, evidence = results(folder, "cube.json"), Evidence(folder, task, cfg)
@@ -81,12 +90,10 @@ def compression(folder: Path, task, cfg: dict) -> Table:
                      result["compression"], result["metric"], result.get("evaluation"), result["compression"]))
     rows = []
     for method, bits, ratio, value, where, target in ours:
-        points = [p for p in published.get("compression", []) if p["method"] == method]
-        near = min(points, key=lambda p: abs(p["compression"] - target)) if points else None
         versus = evidence.change(value, where, result.get("metric"), result.get("evaluation"), metric) \
             if method != "MQAT" else None
         rows.append([method, bits, ratio, evidence.estimate(value, where, metric, reference), versus,
-                     near and near["compression"], near and near["metric"]])
+                     *nearest_point(published, method, target)])
     return Table("compression", f"Accuracy vs compression, {metric} (paper: its point of the method "
                  "nearest our compression, or HAWQ-V3's budget)", ["method", f"bits ({'-'.join(modules)})",
                                                                    "compression", "ours", "ours - MQAT",
