@@ -159,13 +159,28 @@ def test_a_table_shows_intervals_and_marks_the_differences_that_are_real(tmp_pat
 
 def test_seeds_show_mean_and_spread_beside_the_interval_of_the_mean(tmp_path):
     """Two seeds whose MQAT is right on 30 and 40 images: mean 35, standard deviation
-    7.07; the interval is that of the replicate-wise mean (same draws in both seeds)."""
+    7.07. Each replicate of the mean draws the seeds with replacement too: seed 0 twice,
+    seed 1 twice, or one of each (the replicate-wise mean on the same image draws), each
+    in about a quarter, a quarter and half of the replicates."""
     tables = [compression(experiment(tmp_path / f"seed{s}", n)) for s, n in ((0, 30), (1, 40))]
     both = over_seeds(tables)
     mqat = next(row for row in both.rows if row[0] == "MQAT")[3]
     assert mqat.value == 35.0 and mqat.spread == pytest.approx(np.sqrt(50)) and mqat.seeds == 2
-    alone = [next(row for row in t.rows if row[0] == "MQAT")[3] for t in tables]
-    assert np.array_equal(mqat.replicates, (alone[0].replicates + alone[1].replicates) / 2)
+    alone = [next(row for row in t.rows if row[0] == "MQAT")[3].replicates for t in tables]
+    choices = np.stack([alone[0], alone[1], (alone[0] + alone[1]) / 2])
+    which = np.argmax(np.isclose(mqat.replicates, choices), axis=0)
+    assert np.isclose(mqat.replicates, choices[which, np.arange(len(which))]).all()
+    shares = np.bincount(which, minlength=3) / len(which)
+    assert shares == pytest.approx([0.25, 0.25, 0.5], abs=0.05)
+    # the seeds' gap of 10 points widens the interval beyond the images' alone: a mixture of
+    # centres 30 / 35 / 40 (1:2:1, sd 3.5) around the images' sd of about 4.8 (binomial,
+    # 100 images) has sd 5.9, so each bound moves out by about 1.96 x (5.9 - 4.8) = 2.2
+    low, high = mqat.bounds
+    paired_low, paired_high = interval((alone[0] + alone[1]) / 2, 0.95)
+    assert paired_low - 3.5 < low < paired_low - 1 and paired_high + 1 < high < paired_high + 3.5
+    # the float row is shared by the seeds: resampling them leaves it as it is
+    float_row = [next(row for row in t.rows if row[0] == "float")[3] for t in (*tables, both)]
+    assert np.array_equal(float_row[2].replicates, float_row[0].replicates) and float_row[2].spread == 0.0
     assert "35.00 ±7.07 [" in both.markdown() and "mean over 2 seeds" in both.markdown()
 
 

@@ -15,6 +15,9 @@ import numpy as np
 
 from quantlab.metrics.bootstrap import PER_IMAGE, draws, interval
 
+#: the random stream of the seed draws in `combine` (the images' draws follow `intervals.seed`)
+SEED_DRAWS = 0
+
 
 @dataclass(eq=False)
 class Estimate:
@@ -48,15 +51,27 @@ class Estimate:
 
 
 def combine(estimates: list[Estimate]) -> Estimate:
-    """One cell over seeds: the mean value, the standard deviation over seeds, and the
-    replicate-wise mean of the replicates (the same draws of the same images in every
-    seed), whose interval is the bootstrap interval of the mean over seeds."""
+    """One cell over seeds: the mean value, the standard deviation over seeds, and replicates
+    of the mean over seeds from a two-level bootstrap. Every seed holds replicates on the
+    same draws of the same images; replicate b also draws the seeds with replacement and
+    averages their replicate b, so the interval (and the mark) count the training's
+    variation between seeds as well as the test images'. The seed draws depend only on the
+    numbers of seeds and replicates, so every cell of a table uses the same ones (paired)."""
+    picked = _seed_draws(len(estimates), next((len(e.replicates) for e in estimates if e.replicates is not None), 0))
+
     def mean(arrays: list[np.ndarray | None]) -> np.ndarray | None:
-        return None if any(a is None for a in arrays) else np.mean(arrays, axis=0)
+        if any(a is None for a in arrays):
+            return None
+        return np.take_along_axis(np.stack(arrays, axis=1), picked, axis=1).mean(axis=1)
     values = [e.value for e in estimates]
     return Estimate(float(np.mean(values)), estimates[0].level, mean([e.replicates for e in estimates]),
                     mean([e.difference for e in estimates]),
                     float(np.std(values, ddof=1)) if len(values) > 1 else None, len(values))
+
+
+def _seed_draws(seeds: int, replicates: int) -> np.ndarray:
+    """[replicates, seeds] indices of the seeds each replicate draws, with replacement."""
+    return np.random.default_rng(SEED_DRAWS).integers(0, seeds, size=(replicates, seeds))
 
 
 class Evidence:
