@@ -42,7 +42,8 @@ class Table:
                 "difference from float (in a difference column: from the column's reference) excludes 0")
         seeds = max(e.seeds for e in found)
         if seeds > 1:
-            text += f"; value = mean over {seeds} seeds ± their standard deviation, interval of that mean"
+            text += (f"; value = mean over {seeds} seeds ± their standard deviation, interval of that mean over "
+                     "images and seeds")
         return ["", text]
 
     def csv(self) -> str:
