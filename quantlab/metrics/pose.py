@@ -110,23 +110,19 @@ def resample(columns: PerImage, weights: np.ndarray) -> dict[str, np.ndarray]:
     return accuracies(columns["depth"], errors, float(columns["diameter"]), weights[:, columns["image"]])
 
 
-def summarize(records: list[PoseRecord], diameter: float, images: list[int] | None = None,
-              n_bins: int = 3) -> Scored:
-    """The accuracy table (`accuracies` once, every instance once), instance counts, misses
-    and bin edges, with the per-image results behind it (`images`: the split's images;
-    default: those of the records)."""
+def summarize(records: list[PoseRecord], diameter: float, images: list[int] | None = None) -> Scored:
+    """The accuracy table (`resample` at unit weights: every instance once), instance
+    counts, misses and bin edges, with the per-image results behind it (`images`: the
+    split's images; default: those of the records)."""
     images = sorted({r.image for r in records}) if images is None else images
     columns = per_image(records, images, diameter)
-    errors = {k: columns[k] for k in ("ADD", "ADI", "REP")}
-    depth = columns["depth"]
-    out: dict[str, float] = {k: float(v[0]) for k, v in
-                             accuracies(depth, errors, diameter, np.ones((1, len(records))), n_bins=n_bins).items()}
-    edges = depth_bin_edges(depth, n_bins)
-    bins = depth_bin_index(depth, edges)
+    out: dict[str, float] = {k: float(v[0]) for k, v in resample(columns, np.ones((1, len(images)))).items()}
+    edges = depth_bin_edges(columns["depth"], len(BIN_NAMES))
+    bins = depth_bin_index(columns["depth"], edges)
     out["count/all"] = len(records)
-    for i, name in enumerate(bin_names(n_bins)):
+    for i, name in enumerate(BIN_NAMES):
         out[f"count/{name}"] = int(np.sum(bins == i))
         out[f"depth_min/{name}"] = float(edges[i])
         out[f"depth_max/{name}"] = float(edges[i + 1])
-    out["missed"] = int(np.sum(~np.isfinite(errors["ADD"])))
+    out["missed"] = int(np.sum(~np.isfinite(columns["ADD"])))
     return Scored(out, columns)

@@ -119,6 +119,12 @@ def record_roots(ctx: RunContext) -> list[Path]:
     return [root for root in seeded if root.is_dir()] or [ctx.logbook.root]
 
 
+def recorded_tables(ctx: RunContext) -> list[TableSpec]:
+    """The tables whose mode left records in the experiment (in its first seed's folder)."""
+    first = record_roots(ctx)[0]
+    return [spec for spec in all_tables(ctx.task) if (first / spec.mode).is_dir()]
+
+
 def publish(ctx: RunContext, specs: tuple[TableSpec, ...] | list[TableSpec]) -> str:
     """Build the tables from the experiment's records (one per seed, then combined over
     the seeds), write them under `tables/` (main rank), print them and return their Markdown."""
@@ -146,8 +152,7 @@ def execute(mode: Mode, ctx: RunContext) -> None:
         ctx.say(f"\n== seed {seed} ({number} of {len(seeds)}) ==")
         mode.run(dataclasses.replace(ctx, logbook=ctx.logbook.seeded(seed),
                                      cfg=overlaid(ctx.cfg, {"seed": seed, "seeds": []})))
-    first = record_roots(ctx)[0]
-    publish(ctx, [spec for spec in all_tables(ctx.task) if (first / spec.mode).is_dir()])
+    publish(ctx, recorded_tables(ctx))
 
 
 #: every mode, by name; discovered last, since the mode modules import the names above

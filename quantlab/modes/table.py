@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from quantlab.engine.context import RunContext
 from quantlab.errors import ConfigError
-from quantlab.modes import Mode, all_tables, publish, record_roots
+from quantlab.modes import Mode, all_tables, publish, recorded_tables
 
 
 def run(ctx: RunContext) -> None:
-    first = record_roots(ctx)[0]
-    specs = {s.name: s for s in all_tables(ctx.task) if (first / s.mode).is_dir()}
+    specs = {s.name: s for s in recorded_tables(ctx)}
     if not specs:
         folders = sorted({s.mode for s in all_tables(ctx.task)})
         raise ConfigError(f"--mode table: {ctx.logbook.root} holds no records of --mode {', '.join(folders)}")
