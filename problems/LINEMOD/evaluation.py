@@ -24,7 +24,7 @@ def errors(prediction: dict, inst: Instance, model: Model) -> tuple[float, float
 
 def evaluate(predictions: list[dict], instances: list[Instance], models: dict[int, Model]) -> Scored:
     """The accuracies (`resample` with every instance once), instance counts and failures,
-    and the per-instance errors behind them: LINEMOD's test images hold one instance each."""
+    and the per-instance errors behind them; the bootstrap draws instances (an image is scored per object)."""
     if [p["index"] for p in predictions] != list(range(len(instances))):
         raise ValueError("predictions do not cover the split exactly once")
     position = {obj_id: i for i, obj_id in enumerate(models)}
