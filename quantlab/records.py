@@ -11,10 +11,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from quantlab.errors import ExperimentError
 from quantlab.files import exclusive_lock, write_text_atomic
 from quantlab.metrics.intervals import Estimate, combine
 
@@ -25,12 +26,15 @@ class Table:
     title: str
     header: list[str]
     rows: list[list[Any]]
+    #: lines printed under the table: what a reader must know to read its cells
+    notes: list[str] = field(default_factory=list)
 
     def markdown(self) -> str:
         cells = [[_cell(v) for v in row] for row in self.rows]
         lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
                  "|" + "---|" * len(self.header)]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells] + self._legend())
+        notes = ["", *(f"- {note}" for note in self.notes)] if self.notes else []
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells] + self._legend() + notes)
 
     def _legend(self) -> list[str]:
         """What the interval cells mean, under a table that has them."""
@@ -101,16 +105,19 @@ def over_seeds(tables: list[Table]) -> Table:
             else:
                 row.append(" / ".join(_cell(v) for v in column))
         rows.append(row)
-    return Table(first.name, first.title, first.header, rows)
+    notes = list(dict.fromkeys(note for t in tables for note in t.notes))
+    return Table(first.name, first.title, first.header, rows, notes)
 
 
 @dataclass(frozen=True)
 class TableSpec:
     """A table a mode's results feed: `build(folder, task, cfg)` reads the experiment
-    folder (never recomputes), with the paper's numbers from the task where it has them."""
+    folder (never recomputes), with the paper's numbers from the task where it has them;
+    `figure(table, task, path)`, where the paper draws the table, draws it beside it."""
     name: str
     mode: str
     build: Callable[[Path, Any, dict], Table]
+    figure: Callable[[Table, Any, Path], None] | None = None
 
 
 def save_tables(folder: Path, tables: list[Table], writer: bool = True) -> str:
@@ -123,19 +130,46 @@ def save_tables(folder: Path, tables: list[Table], writer: bool = True) -> str:
 
 
 def read_json(path: Path) -> dict:
-    """A recorded JSON file, or {} when the run has not written it (yet)."""
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """A recorded JSON file, or {} when the run has not written it (yet). Records are
+    written atomically, so one that does not parse was damaged after it was written (a
+    copy cut short, an edit by hand): a one-line error naming it, never a traceback."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExperimentError(f"{path}: damaged record, not JSON ({exc}); restore it, or delete it to redo "
+                              "what it recorded") from None
+    if not isinstance(data, dict):
+        raise ExperimentError(f"{path}: damaged record, expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+#: the key of a ledger entry that records a child which raised, with its error
+FAILED = "failed"
+
+
+def failed(entry: dict[str, Any] | None) -> bool:
+    """Whether a ledger entry records a child that raised (run again by the next job that
+    runs the whole search), rather than its result."""
+    return entry is not None and FAILED in entry
+
+
+def finished(path: Path) -> dict[str, dict[str, Any]]:
+    """A ledger's results as the tables read them: its entries without the failures."""
+    return {key: entry for key, entry in read_json(path).items() if not failed(entry)}
 
 
 class Ledger:
-    """Finished results by key; every rank keeps the entries, one (`writer`) writes."""
+    """Finished results by key; every rank keeps the entries, one (`writer`) writes. An
+    entry that records a failure is not a result: `in` does not count it."""
 
     def __init__(self, path: Path, writer: bool = True, entries: dict[str, dict[str, Any]] | None = None) -> None:
         self.path, self.writer = path, writer
         self.entries: dict[str, dict[str, Any]] = read_json(path) if entries is None else entries
 
     def __contains__(self, key: str) -> bool:
-        return key in self.entries
+        return key in self.entries and not failed(self.entries[key])
 
     def on_disk(self) -> dict[str, dict[str, Any]]:
         """The entries every job has recorded so far (this one's view may be older)."""
@@ -151,6 +185,6 @@ class Ledger:
 
     def obtain(self, key: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The entry of `key`: recorded already, or `run()` now and recorded."""
-        if key not in self.entries:
+        if key not in self:
             self.record(key, run())
         return self.entries[key]

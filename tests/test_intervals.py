@@ -1,6 +1,7 @@
 """Bootstrap intervals over test images: hand-made per-image results whose intervals are
 known, paired against unpaired differences, resampling against literally repeated test
 sets, and the tables rendered from hand-made experiment files."""
+import hashlib
 import json
 from types import SimpleNamespace
 
@@ -11,7 +12,7 @@ from scipy.stats import norm
 from problems.LINEMOD import evaluation as linemod
 from problems.LINEMOD.dataset import Instance, Model
 from quantlab.metrics import pose
-from quantlab.metrics.bootstrap import PER_IMAGE, draws, interval, rates
+from quantlab.metrics.bootstrap import DIGEST_KEY, PER_IMAGE, draws, interval, rates
 from quantlab.metrics.intervals import Estimate
 from quantlab.mqat.tables import TABLES
 from quantlab.records import over_seeds
@@ -106,7 +107,10 @@ def write_evaluation(folder, name, passed):
     recs = records(np.linspace(300, 1200, passed.size), np.where(passed, 1.0, 50.0), range(passed.size))
     path = folder / name / PER_IMAGE
     path.parent.mkdir(parents=True)
-    np.savez(path, **pose.summarize(recs, 100.0).per_image)
+    scored = pose.summarize(recs, 100.0)
+    np.savez(path, **scored.per_image)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()  # the pair as Logbook.write_metrics writes it
+    (path.parent / "metrics.json").write_text(json.dumps({**scored.metrics, DIGEST_KEY: digest}))
     return name
 
 
@@ -119,8 +123,9 @@ def experiment(folder, mqat_right: int):
     mqat.mkdir()
     (mqat / "cube.json").write_text(json.dumps({"float_metric": 60.0, "cube": [], "float_evaluation": ev["float"]}))
     (mqat / "result.json").write_text(json.dumps({
-        "bits": {"backbone": 8, "fpn": 2}, "order": ["fpn", "backbone"], "metric": float(mqat_right),
-        "compression": 7.0, "evaluation": ev["mqat"], "float_evaluation": ev["float"]}))
+        "order": ["fpn", "backbone"], "float_evaluation": ev["float"], "points": [
+            {"budget": 4.0, "bits": {"backbone": 8, "fpn": 2}, "metric": float(mqat_right), "compression": 7.0,
+             "evaluation": ev["mqat"]}]}))
     (mqat / "baselines.json").write_text(json.dumps({
         "float_finetune": 100.0, "float_finetune_evaluation": ev["finetune"],
         "uniform": [{"algorithm": "lsq", "bits": 4, "metric": 58.0, "compression": 7.5, "evaluation": ev["lsq"]}]}))
@@ -210,3 +215,50 @@ def test_a_search_runs_once_per_seed_in_its_own_folder_and_the_tables_combine_th
     assert "| MQAT | 8-2 (fpn > backbone) | 7.00 | 35.00 ±7.07 [" in text
     with pytest.raises(ConfigError, match="seeds"):
         execute(Mode("once", "", search), ctx)
+
+
+# ------------------------------------------------- a table never pairs files that disagree
+
+def test_a_per_image_file_from_another_evaluation_is_refused_naming_the_evaluation(tmp_path):
+    """A run killed between the two writes of an evaluation leaves the new per_image.npz beside
+    the old metrics.json: the digest metrics.json records no longer matches, and the table
+    refuses the pair instead of showing an interval that excludes its own value."""
+    from quantlab.errors import ExperimentError
+    folder = experiment(tmp_path, 30)
+    mqat = folder / "children" / "mqat" / "eval" / "last"
+    (mqat / PER_IMAGE).write_bytes((folder / "children" / "finetune" / "eval" / "last" / PER_IMAGE).read_bytes())
+    with pytest.raises(ExperimentError, match="children/mqat/eval/last: per_image.npz is not the file its metrics.json"):
+        compression(folder)
+
+
+def test_a_recorded_value_its_per_image_results_do_not_score_is_refused(tmp_path):
+    """The ledger says MQAT scored 0.0, its (self-consistent) evaluation scores 30: before,
+    the cell read `0.00 [21.0, 39.0]*`, an interval that excludes its own value."""
+    from quantlab.errors import ExperimentError
+    folder = experiment(tmp_path, 30)
+    result = json.loads((folder / "mqat" / "result.json").read_text())
+    result["points"][0]["metric"] = 0.0
+    (folder / "mqat" / "result.json").write_text(json.dumps(result))
+    with pytest.raises(ExperimentError, match=r"children/mqat/eval/last: ADI-0.1d/all is recorded as 0, but its "
+                                              r"per_image.npz scores 30"):
+        compression(folder)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "no metrics.json"])
+def test_a_damaged_or_foreign_per_image_file_is_one_error_naming_it(tmp_path, damage):
+    from quantlab.errors import ExperimentError
+    folder = experiment(tmp_path, 30)
+    evaluation = folder / "children" / "lsq" / "eval" / "last"
+    path = evaluation / PER_IMAGE
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    elif damage == "foreign":
+        np.savez(path, weights=np.ones(3))
+    else:
+        (evaluation / "metrics.json").unlink()
+    if damage != "no metrics.json":  # the file of another program, recorded as the pair: read, then refused
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        (evaluation / "metrics.json").write_text(json.dumps({DIGEST_KEY: digest}))
+    expected = "without its metrics.json" if damage == "no metrics.json" else "not a per-image result of this task"
+    with pytest.raises(ExperimentError, match=f"children/lsq/eval/last.*{expected}"):
+        compression(folder)

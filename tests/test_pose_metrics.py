@@ -39,12 +39,18 @@ def test_rep_error_pixels():
     assert rep_error(pts, K, I, [0, 0, 1000], I, [20, 0, 1000]) == pytest.approx(2.0)
 
 
-def test_depth_bins_equal_width_and_edges():
+def test_depth_bins_are_the_official_wdr_bins():
+    """The official evaluation: depth_max += 1e-5, width = (max - min) / 3, bin =
+    int((d - min) / width). 200 and 300, on the inner edges of the bins without the margin,
+    fall in the lower bin (200 / 100.0000033 < 1); the maximum in the last."""
     depths = np.array([100.0, 400, 250, 199.99, 200, 300, 399.999])
     edges = depth_bin_edges(depths)
-    assert edges == pytest.approx([100, 200, 300, 400])
-    # a depth on an inner edge opens the next bin; the maximum stays in the last bin
-    assert depth_bin_index(depths, edges).tolist() == [0, 2, 1, 0, 1, 2, 2]
+    assert edges == pytest.approx([100, 200 + 1e-5 / 3, 300 + 2e-5 / 3, 400 + 1e-5], abs=1e-9)
+    assert depth_bin_index(depths, edges).tolist() == [0, 2, 1, 0, 0, 1, 2]
+    # the official loop, as written there, on the same depths
+    low, high = min(depths), max(depths) + 1e-5
+    width = (high - low) / 3
+    assert depth_bin_index(depths, edges).tolist() == [int((float(d) - low) / width) for d in depths]
 
 
 def test_summary_counts_misses_as_failures_at_every_threshold():

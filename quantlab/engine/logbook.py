@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import io
 import json
 import re
 import shutil
@@ -26,7 +28,7 @@ from quantlab.engine import checkpoint
 from quantlab.engine.config import Config, dump
 from quantlab.errors import CheckpointError, ConfigError, ExperimentError
 from quantlab.files import Busy, exclusive_lock, link_atomic, remove_stale_temps, write_atomic, write_text_atomic
-from quantlab.metrics.bootstrap import PER_IMAGE, PerImage
+from quantlab.metrics.bootstrap import DIGEST_KEY, PER_IMAGE, PerImage
 from quantlab.signals import held
 
 
@@ -159,10 +161,17 @@ class Logbook:
 
     def write_metrics(self, tag: str, metrics: dict[str, Any], per_image: PerImage) -> Path:
         """`eval/<tag>/metrics.json` and, beside it, the per-image results the tables'
-        intervals are drawn from (`per_image.npz`, compressed, no pickles)."""
+        intervals are drawn from (`per_image.npz`, compressed, no pickles). Two files cannot
+        be replaced in one atomic step, so metrics.json records the SHA-256 of the npz it
+        belongs to (`DIGEST_KEY`): a run killed between the two writes leaves a pair whose
+        digests differ, which the tables refuse (quantlab.metrics.intervals)."""
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **per_image)
+        data = buffer.getvalue()
         if self.writer:
-            write_atomic(self.evals / tag / PER_IMAGE, lambda fh: np.savez_compressed(fh, **per_image))
-        return self.write_json(Path("eval") / tag / "metrics.json", metrics)
+            write_atomic(self.evals / tag / PER_IMAGE, lambda fh: fh.write(data))
+        return self.write_json(Path("eval") / tag / "metrics.json",
+                               {**metrics, DIGEST_KEY: hashlib.sha256(data).hexdigest()})
 
     def write_json(self, relative: str | Path, data: Any) -> Path:
         path = self.root / relative

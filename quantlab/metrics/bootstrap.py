@@ -17,6 +17,8 @@ import numpy as np
 PerImage = dict[str, np.ndarray]
 #: the file beside an evaluation's metrics.json that holds its per-image results
 PER_IMAGE = "per_image.npz"
+#: the key of metrics.json that holds the SHA-256 of the per_image.npz written with it
+DIGEST_KEY = "per_image_sha256"
 
 
 class Scored(NamedTuple):

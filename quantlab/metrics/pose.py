@@ -44,15 +44,25 @@ def rep_error(points: np.ndarray, K, R_gt, t_gt, R_est, t_est) -> float:
     return float(np.linalg.norm(gt - est, axis=1).mean())
 
 
+#: what the official WDR evaluation (`evaluate.py`) adds to the maximum ground-truth depth
+#: "for safe depth index computation", which also decides where an edge depth falls
+DEPTH_MARGIN = 1e-5
+
+
 def depth_bin_edges(depths: np.ndarray, n_bins: int = 3) -> np.ndarray:
-    """Equal-width bins between the minimum and maximum ground-truth depth."""
-    return np.linspace(float(np.min(depths)), float(np.max(depths)), n_bins + 1)
+    """Equal-width bins from the minimum to the maximum ground-truth depth plus
+    DEPTH_MARGIN, as the official WDR evaluation draws them."""
+    low, high = float(np.min(depths)), float(np.max(depths)) + DEPTH_MARGIN
+    width = (high - low) / n_bins
+    return np.array([low + i * width for i in range(n_bins)] + [high])
 
 
 def depth_bin_index(depths: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin of each depth; the maximum depth belongs to the last bin."""
-    inner = edges[1:-1]
-    return np.searchsorted(inner, np.asarray(depths), side="right")
+    """Bin of each depth, `int((depth - min) / width)` as the official evaluation: a depth
+    exactly on an inner edge of equal-width bins without the margin falls in the lower
+    bin, since the margin widens every bin slightly."""
+    width = (edges[-1] - edges[0]) / (len(edges) - 1)
+    return ((np.asarray(depths, np.float64) - edges[0]) / width).astype(np.int64)
 
 
 @dataclass
