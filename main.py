@@ -31,10 +31,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="continue (train) or evaluate (test) this experiment; absent = a new one")
     p.add_argument("--profile", default="mini", help="config profile of a new experiment (mini, paper)")
     for flag, spec in options().items():
-        p.add_argument(flag, **spec)
+        p.add_argument(flag, **{**spec, "default": None})
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set training.epochs=5 (repeatable)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    own = dict(MODES[args.mode].options)
+    for flag, spec in options().items():
+        name = flag.lstrip("-")
+        if getattr(args, name) is not None and flag not in own:
+            users = [m.name for m in MODES.values() if flag in dict(m.options)]
+            p.error(f"{flag} is an option of --mode {', '.join(users)}, not of --mode {args.mode}")
+        if getattr(args, name) is None and flag in own:
+            setattr(args, name, own[flag].get("default"))
+    return args
 
 
 def storage_roots() -> tuple[Path, Path]:
@@ -63,8 +72,10 @@ def resolve_init(spec, logs_root: Path, args: argparse.Namespace) -> Path | None
 
 def configure(args: argparse.Namespace) -> tuple[dict, Path, Path, list[str]]:
     """The checked configuration, the storage roots, and saved config keys a resume
-    dropped; nothing is created but the logs root (checked writable). Runs before Horovod
-    starts, identically on every rank."""
+    dropped; nothing is created but the logs root and its <problem>/<topology> folder
+    (checked writable), and what the run reads and writes is checked: a continued
+    experiment's folders, the checkpoint --ckpt names. Runs before Horovod starts,
+    identically on every rank."""
     from quantlab.engine import preflight
     from quantlab.engine.config import build_config, resume_config
     from quantlab.engine.logbook import Logbook
@@ -78,14 +89,22 @@ def configure(args: argparse.Namespace) -> tuple[dict, Path, Path, list[str]]:
     data_root, logs_root = storage_roots()
     defaults = config_files()
     dropped: list[str] = []
-    if args.exp_id is None:
+    saved = None if args.exp_id is None else Logbook(logs_root, args.problem, args.topology, args.exp_id, writer=False)
+    if saved is None:
         cfg = build_config(defaults, topo_dir / "config.yaml", args.profile, args.overrides)
     else:
-        saved = Logbook(logs_root, args.problem, args.topology, args.exp_id, writer=False)
         cfg, dropped = resume_config(defaults, topo_dir / "config.yaml", saved.load_config(),
                                      saved.root / "config.yaml", args.overrides)
-    preflight.recipe(cfg["quantize"])
+    mode = MODES[args.mode]
+    preflight.recipe(cfg["quantize"], cfg["training"]["epochs"] if mode.trains and not mode.children else None)
     preflight.writable_folder(logs_root, "the logs root (cfg/hard_storage.json)")
+    if saved is None:
+        preflight.writable_folder(logs_root / args.problem / args.topology, "the experiments folder of "
+                                  f"{args.problem}/{args.topology} in the logs root")
+    else:
+        preflight.writable_experiment(saved.root)
+    if getattr(args, "ckpt", None) is not None:
+        preflight.checkpoint(args.ckpt, None if saved is None else saved.saves)
     return cfg, data_root, logs_root, dropped
 
 
@@ -117,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
     note = dist.on_main(world, "data.ready", task.prepare_data)
     if note and world.is_main:
         print(note, flush=True)
-    preflight.evaluation_split(task, cfg["engine"]["eval_split"])
+    preflight.evaluation_split(task, cfg["engine"]["eval_split"], "engine.eval_split")
+    if mode.trains and cfg["engine"]["select_split"] not in ("none", cfg["engine"]["eval_split"]):
+        preflight.evaluation_split(task, cfg["engine"]["select_split"], "engine.select_split")
     if mode.trains:
         training = cfg["quantize"]["child_training"] if mode.children else {}
         preflight.training_split(task, training.get("batch_size", cfg["training"]["batch_size"]), world)

@@ -27,6 +27,10 @@ class TrainingError(QuantlabError):
     """Training cannot continue, e.g. a non-finite loss or a diverged model."""
 
 
+class SchedulerError(QuantlabError):
+    """The cluster scheduler (Slurm) cannot be reached or refused a request."""
+
+
 class ExperimentError(QuantlabError):
     """The experiment folder cannot be used: in use by another run, or not writable."""
 

@@ -12,14 +12,28 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+from quantlab.errors import ConfigError, ExperimentError
 from quantlab.signals import held
 
 TEMP_SUFFIX = ".tmp"
 TEMP_GLOB = f".*{TEMP_SUFFIX}"
+#: what a name that becomes a folder, a file or a scheduler's job name may hold: a letter or
+#: digit first (so never `.` or `..`), then letters, digits, `_`, `.` and `-`; no `/`, no
+#: whitespace, no control character
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def checked_name(value: object, what: str) -> str:
+    """`value` as a name that is safe in a path or a script, or a ConfigError naming `what`."""
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise ConfigError(f"{what}: {value!r} is not a valid name (a letter or digit, then up to 63 letters, "
+                          "digits, '_', '.' or '-'; it becomes a folder or a job name)")
+    return value
 
 
 def _temp_beside(path: Path) -> Path:
@@ -29,17 +43,45 @@ def _temp_beside(path: Path) -> Path:
     return Path(name)
 
 
+class _Recorded:
+    """A file whose write errors are kept: torch.save writes through a C++ writer that
+    turns the OSError of a full disk into "unexpected pos ...", losing what went wrong."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.fh, name)
+
+
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Replace `path` by what `write(fh)` writes, atomically and durably."""
+    """Replace `path` by what `write(fh)` writes, atomically and durably. A write the
+    system refuses (a full disk, a quota, a file size limit) is one error naming the file
+    and the system's reason; the previous file stays."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with held():
         tmp = _temp_beside(path)
+        recorded = None
         try:
-            with open(tmp, "wb") as fh:
-                write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
+            with open(tmp, "wb") as raw:
+                recorded = _Recorded(raw)
+                write(recorded)
+                raw.flush()
+                os.fsync(raw.fileno())
             os.replace(tmp, path)
+        except Exception as exc:
+            cause = recorded.error if recorded is not None and recorded.error else exc
+            if isinstance(cause, OSError):
+                raise ExperimentError(f"{path}: cannot be written ({cause.strerror or cause}); the previous "
+                                      "version, if any, is kept") from None
+            raise
         finally:
             tmp.unlink(missing_ok=True)
 

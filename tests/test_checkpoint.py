@@ -6,7 +6,7 @@ import torch
 from problems.SwissCube.Widedepth.network import Widedepth
 from problems.SwissCube.Widedepth.task import WidedepthTask
 from quantlab.engine import checkpoint
-from quantlab.errors import CheckpointError
+from quantlab.errors import CheckpointError, ExperimentError
 from tests.conftest import REPO, config
 
 
@@ -23,7 +23,7 @@ def test_a_crash_while_saving_keeps_the_previous_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(ExperimentError, match=r"last.pt: cannot be written \(disk full\); the previous version"):
         checkpoint.save_atomic({"epoch": 2}, path)
     monkeypatch.undo()
     assert checkpoint.load(path) == {"epoch": 1}

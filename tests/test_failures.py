@@ -161,6 +161,13 @@ def test_a_failed_resume_leaves_the_config_as_it_was(storage):
     (["quantize.inq_schedule={0: 0.5, 2: 1.5}"], "config key 'quantize.inq_schedule'"),
     (["quantize.rules=[{modules: fpn, algorithm: inq, bits: 2}]", "quantize.inq_schedule={}"],
      "config key 'quantize.inq_schedule'"),
+    # NaN passes every bound (each comparison is False); an infinity passes `min`
+    (["training.momentum=.nan"], "config key 'training.momentum': nan is not a finite number"),
+    (["training.schedule.milestones=[1, .inf]"], "'training.schedule.milestones[1]': inf is not a finite number"),
+    # the README's 2-bit FPN recipe trained 2 epochs: INQ would end 40% frozen, unexportable
+    (["quantize.rules=[{modules: fpn, algorithm: inq, bits: 2}]",
+      "quantize.inq_schedule={0: 0.2, 5: 0.4, 9: 0.6, 13: 0.8, 17: 0.9, 21: 0.95, 25: 0.9875, 29: 1.0}"],
+     "within the 2 epoch(s) of training.epochs it freezes 20% of the INQ weights (its last step, epoch 29"),
 ])
 def test_invalid_values_refuse_to_start_before_anything_is_created(storage, sets, expected):
     out = run(main_cmd("--mode", "train", sets=sets), storage)
@@ -168,7 +175,7 @@ def test_invalid_values_refuse_to_start_before_anything_is_created(storage, sets
     assert out.stderr.strip().count("\n") == 0 and not experiments(storage)
 
 
-@pytest.mark.parametrize("mode, sets, key", [("mqat", ["mqat.min_compression=100"], "mqat.min_compression"),
+@pytest.mark.parametrize("mode, sets, key", [("mqat", ["mqat.min_compression=[4, 100]"], "mqat.min_compression"),
                                              ("hawq", ["hawq.min_compression=100", "hawq.samples=1",
                                                        "hawq.batches=1"], "hawq.min_compression")])
 def test_a_compression_budget_out_of_reach_is_one_line_naming_it(storage, mode, sets, key):
@@ -176,6 +183,102 @@ def test_a_compression_budget_out_of_reach_is_one_line_naming_it(storage, mode, 
     out = run(main_cmd("--mode", mode, sets=["quantize.init=0", *sets]), storage)
     assert f"config key '{key}'" in one_error_line(out) and "x" in one_error_line(out)
     assert [p.name for p in experiments(storage)] == ["exp0000"]
+
+
+def test_an_option_of_another_mode_is_refused_instead_of_ignored(storage):
+    """`--mode train --worker cube` trained a whole model in silence."""
+    out = run(main_cmd("--mode", "train", "--worker", "cube"), storage)
+    assert out.returncode == 2 and "--worker is an option of --mode cube, fisher, mqat, ptq, not of --mode train" \
+        in out.stderr and not experiments(storage)
+    out = run(main_cmd("--mode", "train", "--ckpt", "last"), storage)
+    assert out.returncode == 2 and "--ckpt is an option of --mode export, test, not of --mode train" in out.stderr
+
+
+def test_a_missing_checkpoint_is_refused_before_the_data_is_generated(storage):
+    """`--mode test --ckpt /missing.pth` on a data root without data: before, the synthetic
+    set was generated first (5400 images at paper size), then the checkpoint was missed."""
+    out = run(main_cmd("--mode", "test", "--ckpt", str(storage / "missing.pth"),
+                       sets=["data.root=Nothing-here"]), storage)
+    assert f"{storage / 'missing.pth'}: checkpoint" in one_error_line(out) and "not found" in one_error_line(out)
+    assert not (storage / "data" / "Nothing-here").exists() and not experiments(storage)
+    out = run(main_cmd("--mode", "test", "--ckpt", "best", sets=["data.root=Nothing-here"]), storage)
+    assert "--ckpt best names a checkpoint of an experiment: pass its --exp_id" in one_error_line(out)
+    assert not (storage / "data" / "Nothing-here").exists()
+
+
+def test_a_data_root_that_is_a_file_is_one_line_and_a_symlink_is_followed(storage):
+    """A file at data.root: one line, nothing generated or left behind. A symbolic link to
+    an empty folder (a dataset folder on scratch): generated there, through the link, where
+    `rmtree` of the link failed and left a whole `.partial` copy."""
+    (storage / "data" / "a-file").write_text("not a dataset")
+    out = run(main_cmd("--mode", "train", sets=["data.root=a-file", "training.epochs=1"]), storage)
+    assert "a-file: data.root must be a folder, but it is a file" in one_error_line(out)
+    assert sorted(p.name for p in (storage / "data").iterdir()) == ["SwissCube-tiny", "a-file"]
+    scratch = storage / "scratch" / "swisscube"
+    scratch.mkdir(parents=True)
+    (storage / "data" / "linked").symlink_to(scratch)
+    out = run(main_cmd("--mode", "train", sets=["data.root=linked", "training.epochs=1"]), storage)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (storage / "data" / "linked").is_symlink() and (scratch / "training.txt").is_file()
+    assert not list((storage / "data").glob(".*partial")) and not list((storage / "scratch").glob(".*partial"))
+    assert f"no SwissCube data in {storage / 'data' / 'linked'}" in out.stdout
+
+
+def test_folders_the_run_would_write_are_checked_at_start(storage):
+    """A <problem>/<topology> that is not a folder failed with a traceback at the claim; a
+    continued experiment whose saves/ cannot take files trained an epoch, then failed."""
+    (storage / "logs" / "SwissCube").mkdir(parents=True)
+    (storage / "logs" / "SwissCube" / "Widedepth").write_text("in the way")
+    out = run(main_cmd("--mode", "train"), storage)
+    assert f"{storage / 'logs' / 'SwissCube' / 'Widedepth'}: the experiments folder" in one_error_line(out)
+    (storage / "logs" / "SwissCube" / "Widedepth").unlink()
+    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+    saves = exp_dir(storage) / "saves"
+    moved = storage / "saves-elsewhere"
+    saves.rename(moved)
+    saves.write_text("in the way")
+    start = time.monotonic()
+    out = run(main_cmd("--mode", "train", "--exp_id", "0", sets=["training.epochs=3"]), storage)
+    assert f"{saves}: the experiment's saves/ is a file, not a folder" in one_error_line(out)
+    assert "epoch 1/" not in out.stdout and time.monotonic() - start < 60
+
+
+def test_a_diverged_first_epoch_does_not_claim_a_checkpoint_stays(storage):
+    sets = ["training.batch_size=16", "training.optimizer=sgd", "training.lr=1.0e12", "training.epochs=1"]
+    out = run(main_cmd("--mode", "train", sets=sets), storage)
+    line = one_error_line(out)
+    assert "diverged in epoch 1" in line and "no checkpoint of this run was saved before it" in line
+    assert "last checkpoint stays" not in line
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_instead_of_scoring_zero(storage):
+    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+    state = load(exp_dir(storage) / "saves" / "last.pt")
+    key = next(k for k, v in state["model"].items() if k.endswith("conv.weight"))
+    state["model"][key] = torch.full_like(state["model"][key], float("nan"))
+    torch.save(state, storage / "broken.pt")
+    out = run(main_cmd("--mode", "test", "--exp_id", "0", "--ckpt", str(storage / "broken.pt")), storage)
+    assert f"broken.pt: tensor '{key}' holds NaN or infinite values" in one_error_line(out)
+    assert not list((exp_dir(storage) / "eval").glob("test_broken*"))
+
+
+def test_testing_a_file_from_elsewhere_never_overwrites_the_experiments_own_evaluation(storage):
+    """`--ckpt /elsewhere/last.pt` wrote eval/test_last/, over the evaluation of the
+    experiment's own last.pt."""
+    import hashlib
+    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+    assert run(main_cmd("--mode", "test", "--exp_id", "0", "--ckpt", "last"), storage).returncode == 0
+    own = exp_dir(storage) / "eval" / "test_last" / "metrics.json"
+    written = own.stat().st_mtime_ns
+    other = storage / "elsewhere" / "last.pt"
+    other.parent.mkdir()
+    other.write_bytes((exp_dir(storage) / "saves" / "last.pt").read_bytes())
+    out = run(main_cmd("--mode", "test", "--exp_id", "0", "--ckpt", str(other)), storage)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert own.stat().st_mtime_ns == written  # not rewritten
+    tag = f"test_last_{hashlib.sha256(other.read_bytes()).hexdigest()[:8]}"
+    assert sorted(p.name for p in (exp_dir(storage) / "eval").iterdir()) == [
+        "epoch_0001", "epoch_0001_validation", "test_last", tag]
 
 
 def test_an_empty_training_split_refuses_to_start(storage):
@@ -391,3 +494,46 @@ def test_a_second_writer_of_a_running_experiment_is_refused(tmp_path):
                 pass
     with logbook.lock():  # released with its holder
         pass
+
+
+WRITER = """
+import resource, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import torch
+from quantlab.engine.checkpoint import save_atomic
+from quantlab.errors import QuantlabError
+target, limit = Path(sys.argv[2]), int(sys.argv[3])
+save_atomic({"w": torch.zeros(10)}, target)  # the previous version: small, it fits
+if limit:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    save_atomic({"w": torch.zeros(1_000_000)}, target)
+except QuantlabError as exc:
+    print(exc)
+    sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("refusal", ["full disk", "file size limit"])
+def test_a_refused_write_names_the_file_and_the_systems_reason_and_keeps_the_old_file(tmp_path, refusal):
+    """torch.save through a full disk raised "unexpected pos ..."; now the error names the
+    file and the system's reason, and the previous checkpoint stays whole."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if refusal == "full disk":
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)],
+                                 capture_output=True, text=True)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        out = subprocess.run([PY, "-c", WRITER, str(REPO), str(folder / "last.pt"),
+                              "0" if refusal == "full disk" else "100000"], capture_output=True, text=True, timeout=120)
+        reason = "No space left on device" if refusal == "full disk" else "File too large"
+        assert out.returncode == 1 and out.stdout.strip() == (f"{folder / 'last.pt'}: cannot be written ({reason}); "
+                                                              "the previous version, if any, is kept"), out
+        assert [p.name for p in folder.iterdir()] == ["last.pt"] and load(folder / "last.pt")["w"].numel() == 10
+    finally:
+        if refusal == "full disk":
+            subprocess.run(["umount", str(folder)], check=True)

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from quantlab.engine.health import non_finite_tensor
 from quantlab.engine.task import Task
 from quantlab.errors import CheckpointError
 from quantlab.files import write_atomic
@@ -118,7 +119,7 @@ def _reference(model: nn.Module, state: dict, task: Task, source: str) -> tuple[
         raise CheckpointError(f"{source}: an MQAT reference checkpoint, but {type(task).__name__} does not say "
                               "where the reference code wraps its network (reference_prefix)")
     network, inq, copies = reference.convert(state, prefix, source)
-    rows = reference.quantize_like(model, inq, source)
+    rows = reference.quantize_like(model, inq, network, source)
     _, notes = _public(model, network, task, source)
     bits = ", ".join(sorted({f"{b}-bit" for b in inq.values()}))
     return rows, [f"{source}: MQAT reference layout, {len(inq)} INQ layers ({bits}), {len(copies)} duplicated "
@@ -132,7 +133,13 @@ READERS = (Reader("quantlab", lambda s: s.get("format") == FORMAT, _quantlab),
 
 
 def read_weights(model: nn.Module, path: Path, task: Task) -> tuple[list[dict], list[str]]:
-    """Load `path` into `model` with the first reader that accepts it."""
+    """Load `path` into `model` with the first reader that accepts it. Weights that are not
+    finite are refused, as a diverged model is refused before it is saved: evaluated, they
+    would score 0 everywhere and look like a result."""
     state = load(path)
     reader = next(r for r in READERS if r.accepts(state))
-    return reader.read(model, state, task, str(path))
+    found = reader.read(model, state, task, str(path))
+    bad = non_finite_tensor(model)
+    if bad is not None:
+        raise CheckpointError(f"{path}: tensor '{bad}' holds NaN or infinite values; the checkpoint is not usable")
+    return found

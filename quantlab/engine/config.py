@@ -17,6 +17,7 @@ YAML with a duplicated key is an error: the second copy would silently win.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -151,7 +152,11 @@ class Schema:
         return merge_checked(base, override, source, open_keys=self.open, reference=self.defaults)
 
     def check(self, cfg: Config) -> Config:
-        """Raise a ConfigError naming the first key whose value the rules do not allow."""
+        """Raise a ConfigError naming the first key whose value the rules do not allow, or
+        that holds a number that is not finite (`.nan` passes every bound)."""
+        bad = _non_finite(cfg)
+        if bad is not None:
+            raise ConfigError(f"config key '{bad[0]}': {bad[1]!r} is not a finite number")
         for key, rule in self.rules.items():
             value = _lookup(cfg, key)
             if value is _MISSING:
@@ -212,6 +217,19 @@ def _layers(defaults_files: list[Path], topology_file: Path) -> tuple[Schema, di
 
 
 _MISSING = object()
+
+
+def _non_finite(value: Any, key: str = "") -> tuple[str, float] | None:
+    """The first (dotted key, value) at any depth whose number is NaN or infinite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for sub, inner in items:
+        found = _non_finite(inner, f"{key}.{sub}" if isinstance(value, dict) and key else
+                            str(sub) if isinstance(value, dict) else f"{key}[{sub}]")
+        if found is not None:
+            return found
+    return None
 
 
 def _lookup(cfg: Config, dotted: str) -> Any:
@@ -310,10 +328,11 @@ def overlaid(base: dict, over: dict) -> dict:
 def child_config(cfg: Config, init: str, rules: list[dict], epochs: int) -> Config:
     """The configuration of a QAT child run a search launches (an MQAT stage or probe, a
     uniform or HAWQ-V3 baseline): start from `init`, quantize by `rules`, train `epochs`,
-    with `quantize.child_training` laid over `training`."""
+    with `quantize.child_training` laid over `training`; its last epoch is its result."""
     child = copy.deepcopy(cfg)
     child["quantize"]["init"] = init
     child["quantize"]["rules"] = rules
     child["training"] = overlaid(cfg["training"], cfg["quantize"]["child_training"])
     child["training"]["epochs"] = epochs
+    child["engine"]["select_split"] = "none"  # a search reads its children's last epoch: no selection to pay for
     return child

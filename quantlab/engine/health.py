@@ -8,6 +8,21 @@ from typing import Any, Callable
 import torch
 
 
+def non_finite_tensor(model: torch.nn.Module) -> str | None:
+    """The qualified name of the first parameter or buffer that holds a NaN or an infinity
+    where none belongs (a buffer a module lists in `nan_marks`, such as INQ's
+    `weight_frozen`, uses NaN to mark entries and may hold NaN, never an infinity)."""
+    for prefix, module in model.named_modules():
+        marks = getattr(module, "nan_marks", ())
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            if not tensor.is_floating_point():
+                continue
+            ok = bool((~torch.isinf(tensor)).all()) if name in marks else bool(torch.isfinite(tensor).all())
+            if not ok:
+                return f"{prefix}.{name}" if prefix else name
+    return None
+
+
 def all_finite(value: Any) -> bool:
     """Whether every floating tensor in a (nested) network output is finite."""
     if isinstance(value, torch.Tensor):

@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from quantlab.engine.distributed import World
-from quantlab.errors import ConfigError, DataError, ExperimentError, shared
+from quantlab.errors import CheckpointError, ConfigError, DataError, ExperimentError, shared
 from quantlab.engine.task import Task
 from quantlab.quant.editing import Rule
-from quantlab.quant.qat import inq_schedule
+from quantlab.quant.qat import inq_finishes, inq_schedule
 
 
 def writable_folder(path: Path, what: str) -> None:
@@ -25,25 +25,55 @@ def writable_folder(path: Path, what: str) -> None:
         raise ExperimentError(f"{path}: {what} is not writable ({exc.strerror or exc})") from None
 
 
+def writable_experiment(root: Path) -> None:
+    """A continued experiment can take what the run writes: its folder and every folder
+    already in it (saves/, eval/, stats/, the children of a search) are folders this
+    process may write into, instead of a failure at the first save, an epoch later."""
+    writable_folder(root, "the experiment folder")
+    for name in ("saves", "eval", "stats"):
+        folder = root / name
+        if folder.exists() and not folder.is_dir():
+            raise ExperimentError(f"{folder}: the experiment's {name}/ is a file, not a folder")
+    for folder, _, _ in os.walk(root):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ExperimentError(f"{folder}: not writable by this user; the run would fail when it first writes "
+                                  "there")
+
+
 def device(choice: str) -> None:
     if choice == "cuda" and not torch.cuda.is_available():
         raise ConfigError("config key 'engine.device' is cuda, but torch sees no CUDA device "
                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
 
 
-def recipe(qcfg: dict) -> None:
+def recipe(qcfg: dict, epochs: int | None) -> None:
     """Every `quantize.rules` entry names a known algorithm at a valid bit-width, and the
-    INQ schedule (what INQ rules and MQAT's INQ stages follow) is one."""
+    INQ schedule (what INQ rules and MQAT's INQ stages follow) is one; a run that trains
+    its INQ rules for `epochs` (None: it trains none) must finish the schedule in them."""
     rules = [Rule.from_config(entry, f"quantize.rules[{i}]") for i, entry in enumerate(qcfg["rules"])]
-    if qcfg["inq_schedule"] or any(r.algorithm == "inq" for r in rules):
+    inq = any(r.algorithm == "inq" for r in rules)
+    if qcfg["inq_schedule"] or inq:
         inq_schedule(qcfg["inq_schedule"])
+    if inq and epochs is not None:
+        inq_finishes(qcfg["inq_schedule"], epochs, "training.epochs")
 
 
-def evaluation_split(task: Task, split: str) -> None:
-    """The split evaluated after training has samples and its first one loads."""
+def checkpoint(spec: str, saves: Path | None) -> None:
+    """The checkpoint `--ckpt` names exists, before any data is prepared: `last`, `best` or
+    an epoch of the experiment (`saves`: its folder; None without --exp_id), or a file."""
+    named = spec in ("last", "best") or spec.isdigit()
+    if named and saves is None:
+        raise ConfigError(f"--ckpt {spec} names a checkpoint of an experiment: pass its --exp_id, or give a file")
+    path = (saves / (f"{spec}.pt" if not spec.isdigit() else f"epoch_{int(spec):04d}.pt")) if named else Path(spec)
+    if not path.is_file():
+        raise shared(CheckpointError(f"{path}: checkpoint '{spec}' not found"))
+
+
+def evaluation_split(task: Task, split: str, key: str) -> None:
+    """A split evaluated during training (`key` names it) has samples and its first one loads."""
     data = task.dataset(split, train=False)
     if len(data) == 0:
-        raise shared(DataError(f"the {split} split (engine.eval_split) has no samples"))
+        raise shared(DataError(f"the {split} split ({key}) has no samples"))
     data[0]
 
 

@@ -23,8 +23,16 @@ def prepare_synthetic(synthetic: dict, root: Path, required: Path, name: str,
 
     Generation never touches a folder that holds anything but a synthetic set of ours:
     it writes a new folder beside `root` (under a lock, so concurrent runs generate
-    once) and renames it into place, over an empty `root` or an incomplete one of ours."""
-    marker = root / SYNTHETIC_MARKER
+    once) and renames it into place, over an empty `root` or an incomplete one of ours.
+    A `root` that is a symbolic link (a dataset folder on scratch, linked into the data
+    root) is generated into where it points; a `root` that is a file is refused. A
+    generation that fails leaves nothing behind."""
+    real = root.resolve()
+    if real.exists() and not real.is_dir():
+        raise DataError(f"{root}: data.root must be a folder, but it is a file"
+                        + (f" ({real})" if real != root else ""))
+    required = real / required.relative_to(root)
+    marker = real / SYNTHETIC_MARKER
     if required.is_file():
         if marker.is_file() and json.loads(marker.read_text()) != synthetic["params"]:
             raise DataError(f"{marker}: this synthetic set was generated with other parameters than "
@@ -33,20 +41,27 @@ def prepare_synthetic(synthetic: dict, root: Path, required: Path, name: str,
     if not synthetic["generate"]:
         raise DataError(f"{required}: missing dataset file "
                         f"(point data.root at {name}, or set data.synthetic.generate=true)")
-    if root.is_dir() and any(root.iterdir()) and not marker.is_file():
+    if real.is_dir() and any(real.iterdir()) and not marker.is_file():
         raise DataError(f"{required}: missing dataset file; {root} holds other files, so no synthetic set "
                         f"is written there (point data.root at {name}, or at a missing or empty folder to "
                         "generate the synthetic set)")
-    with exclusive_lock(root.with_name(f".{root.name}.lock"), wait=True):
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{real.parent}: cannot create the folder of data.root ({exc.strerror or exc})") from None
+    with exclusive_lock(real.with_name(f".{real.name}.lock"), wait=True):
         if required.is_file():  # another run generated it while this one waited
             return prepare_synthetic(synthetic, root, required, name, generate)
-        for stale in root.parent.glob(f".{root.name}.*.partial"):
+        for stale in real.parent.glob(f".{real.name}.*.partial"):
             shutil.rmtree(stale, ignore_errors=True)
         print(f"no {name} data in {root}: generating the synthetic set first", flush=True)
-        partial = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.", suffix=".partial"))
-        note = generate(partial, synthetic["params"])
-        (partial / SYNTHETIC_MARKER).write_text(json.dumps(synthetic["params"], indent=2, sort_keys=True))
-        if root.exists():
-            shutil.rmtree(root)  # empty, or an incomplete synthetic set of ours
-        partial.rename(root)
-    return note
+        partial = Path(tempfile.mkdtemp(dir=real.parent, prefix=f".{real.name}.", suffix=".partial"))
+        try:
+            note = generate(partial, synthetic["params"])
+            (partial / SYNTHETIC_MARKER).write_text(json.dumps(synthetic["params"], indent=2, sort_keys=True))
+            if real.exists():
+                shutil.rmtree(real)  # empty, or an incomplete synthetic set of ours
+            partial.rename(real)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    return note.replace(str(partial), str(root)) if note else note

@@ -83,6 +83,7 @@ class Trainer:
         self.stateful: dict[str, Any] = {"schedule": self.schedule, **controllers}
         self.epoch = 0
         self.best: float | None = None
+        self.best_epoch: int | None = None
         self.eval_due = False  # the last saved epoch awaits its evaluation
         self._probe: dict | None = None
         self._compiling = False  # compiled, and the first step (which compiles) is still to come
@@ -115,7 +116,7 @@ class Trainer:
             if name not in stateful:
                 raise CheckpointError(f"{source}: checkpoint has no state for '{name}'")
             obj.load_state_dict(stateful[name])
-        self.epoch, self.best = state["epoch"], state["best"]
+        self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state.get("best_epoch")
         self.eval_due = state.get("eval_due", False)
 
     def _rescaled(self, optimizer: dict, stateful: dict, saved: int, source: str) -> tuple[dict, dict]:
@@ -135,8 +136,8 @@ class Trainer:
     def sync(self) -> None:
         """Rank 0's full training state on every rank (start and after resume)."""
         dist.broadcast_training_state(self.model, self.optimizer, self.stateful)
-        self.epoch, self.best, self.eval_due = dist.broadcast_object((self.epoch, self.best, self.eval_due),
-                                                                     "trainer.meta")
+        self.epoch, self.best, self.best_epoch, self.eval_due = dist.broadcast_object(
+            (self.epoch, self.best, self.best_epoch, self.eval_due), "trainer.meta")
 
     def resume(self) -> None:
         """Restore `last.pt` on rank 0 (the others receive it at `sync`); a failure is
@@ -254,8 +255,10 @@ class Trainer:
             self._probe = to_device(self.ctx.task.example_batch(), self.ctx.device)
         why = diverged(self.model, lambda m: self.ctx.task.forward(m, self._probe))
         if why is not None:
-            raise shared(TrainingError(f"the model diverged in epoch {epoch + 1}: {why}; it is not saved and the "
-                                       "last checkpoint stays (lower training.lr or set training.grad_clip)"))
+            kept = ("the last checkpoint stays" if (self.ctx.logbook.saves / "last.pt").is_file()
+                    else "no checkpoint of this run was saved before it")
+            raise shared(TrainingError(f"the model diverged in epoch {epoch + 1}: {why}; it is not saved and "
+                                       f"{kept} (lower training.lr or set training.grad_clip)"))
         return {**self.state(), "metrics": None, "rank_digests": digests}
 
     def _save(self, epoch: int, state: dict[str, Any], is_best: bool) -> None:
@@ -264,16 +267,38 @@ class Trainer:
                               is_best=is_best)
 
     def _evaluate(self, epoch: int, state: dict[str, Any]) -> dict[str, float]:
-        """Evaluate the saved epoch, then save it again with its metrics (and as best)."""
+        """Evaluate the saved epoch on the reported split (`engine.eval_split`), then save it
+        again with its metrics, and as `best.pt` when the selection split
+        (`engine.select_split`, evaluated too when it is another split) scores it best; with
+        `none`, best.pt is the last evaluated epoch. The test split never chooses unless
+        the config says so."""
+        engine, metric = self.ctx.cfg["engine"], self.ctx.task.best_metric
         last = epoch + 1 == self.train_cfg["epochs"]
-        metrics = self.evaluate(self.ctx.cfg["engine"]["eval_split"], epoch_tag(epoch + 1), quiet=not last)
-        value = metrics[self.ctx.task.best_metric]
-        is_best = self.best is None or value > self.best
+        metrics = self.evaluate(engine["eval_split"], epoch_tag(epoch + 1), quiet=not last)
+        select = engine["select_split"]
+        if select == "none":
+            value, is_best = metrics[metric], True
+        else:
+            chosen = metrics if select == engine["eval_split"] else \
+                self.evaluate(select, f"{epoch_tag(epoch + 1)}_{select}", quiet=True)
+            value = chosen[metric]
+            is_best = self.best is None or value > self.best
         if is_best:
-            self.best = value
+            self.best, self.best_epoch = value, epoch + 1
         self.eval_due = False
-        self._save(epoch, {**state, "best": self.best, "eval_due": False, "metrics": metrics}, is_best)
+        self._save(epoch, {**state, "best": self.best, "best_epoch": self.best_epoch, "eval_due": False,
+                           "metrics": metrics}, is_best)
+        if last:
+            self.ctx.say(self.selection())
         return metrics
+
+    def selection(self) -> str:
+        """Which epoch best.pt holds and what chose it, for the log."""
+        select, metric = self.ctx.cfg["engine"]["select_split"], self.ctx.task.best_metric
+        if select == "none":
+            return f"best.pt: the last evaluated epoch, {self.best_epoch} (engine.select_split: none)"
+        return (f"best.pt: epoch {self.best_epoch}, chosen by {metric} {self.best:.2f} on the {select} split "
+                f"(engine.select_split); reported above: the {self.ctx.cfg['engine']['eval_split']} split")
 
     def _log(self, epoch: int, terms: dict[str, float], metrics: dict | None, seconds: float,
              images: int) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from quantlab.engine.claims import Claimed, Jobs
 from quantlab.engine.context import RunContext
 from quantlab.modes import WORKER, Child, Mode, publish
-from quantlab.mqat.runner import float_entry, staged
+from quantlab.mqat.runner import StagedRuns, float_entry, staged
 from quantlab.mqat.search import Cube, module_cube, subsets
 from quantlab.mqat.tables import TABLES
 
@@ -39,6 +39,7 @@ def cube_children(cfg: dict, task: object) -> list[Child]:
 
 
 def run(ctx: RunContext) -> None:
+    StagedRuns(ctx)  # checks the stages' settings before the float start is scored
     jobs = Jobs(ctx, "cube", tuple(MODE.parts))
     cube(ctx, ledger(jobs, ctx))
     if not jobs.stops_after("cube"):

@@ -2,6 +2,8 @@
 a reader accepts (ours, our integer export, the MQAT reference code's, a public one)."""
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
 from quantlab.engine.context import RunContext
@@ -22,11 +24,26 @@ def loaded(ctx: RunContext) -> tuple[Trainer, Path]:
     return trainer, source
 
 
+def evaluation_tag(ckpt: str, source: Path, saves: Path) -> str:
+    """The `eval/` folder of a test: `test_<name>` for a checkpoint of the experiment
+    (last, best, an epoch, or a path into its saves/), and for a file from elsewhere its
+    name and the first 8 hex digits of its SHA-256, so testing another `last.pt` never
+    overwrites the evaluation of the experiment's own."""
+    if ckpt.isdigit():
+        return f"test_{epoch_tag(int(ckpt))}"
+    if source.resolve().parent == saves.resolve():
+        return f"test_{source.stem}"
+    digest = hashlib.sha256()
+    with open(source, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return f"test_{re.sub(r'[^A-Za-z0-9_.-]+', '_', source.stem)}_{digest.hexdigest()[:8]}"
+
+
 def run(ctx: RunContext) -> None:
     trainer, source = loaded(ctx)
     try:
-        ckpt = ctx.options["ckpt"]
-        tag = f"test_{Path(ckpt).stem if not ckpt.isdigit() else epoch_tag(int(ckpt))}"
+        tag = evaluation_tag(ctx.options["ckpt"], source, ctx.logbook.saves)
         split = ctx.cfg["engine"]["eval_split"]
         ctx.say(f"testing {source} on the {split} split")
         trainer.evaluate(split, tag)

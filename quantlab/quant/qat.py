@@ -44,6 +44,20 @@ def inq_schedule(schedule: dict) -> dict[int, float]:
     return steps
 
 
+def inq_finishes(schedule: dict, epochs: int, epochs_key: str) -> None:
+    """An INQ schedule that freezes every weight within `epochs` (what `epochs_key` sets):
+    INQ layers are integer only once fully frozen, so a schedule that ends later (or below
+    100%) would leave a model that cannot be exported, which export would only say after
+    the training."""
+    steps = inq_schedule(schedule)
+    reached = max((f for e, f in steps.items() if e < epochs), default=0.0)
+    if reached < 1.0:
+        last = max(steps)
+        raise ConfigError(f"config key 'quantize.inq_schedule': within the {epochs} epoch(s) of {epochs_key} it freezes "
+                          f"{reached:.0%} of the INQ weights (its last step, epoch {last}, freezes {steps[last]:.0%}); "
+                          "INQ must reach 100% before the last epoch: shorten the schedule or train longer")
+
+
 def quantize_model(model: nn.Module, qcfg: dict, patterns: dict[str, str]) -> tuple[list[dict], dict]:
     """Edit `model` in place; return the per-layer report and the controllers to register."""
     rules = [Rule.from_config(entry, f"quantize.rules[{i}]") for i, entry in enumerate(qcfg["rules"])]

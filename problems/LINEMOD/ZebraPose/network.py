@@ -148,6 +148,9 @@ class ZebraPoseNet(nn.Module):
     the model's state, not the loss object's; it is not in official checkpoints.
     """
 
+    #: NaN in this buffer means "no training step yet", not a failure (engine.health)
+    nan_marks = ("code_error_hist",)
+
     def __init__(self, width: float = 1.0, blocks: tuple[int, int, int, int] | list[int] = (3, 4, 6, 3),
                  code_bits: int = 16) -> None:
         super().__init__()
