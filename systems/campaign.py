@@ -38,10 +38,11 @@ from quantlab.campaign.state import DONE, CampaignState  # noqa: E402
 from quantlab.engine.claims import claim_path, held_elsewhere  # noqa: E402
 from quantlab.engine.config import build_config  # noqa: E402
 from quantlab.engine.logbook import Logbook  # noqa: E402
-from quantlab.errors import ConfigError, QuantlabError  # noqa: E402
+from quantlab.errors import ConfigError, QuantlabError, SchedulerError  # noqa: E402
 from quantlab.files import Busy, exclusive_lock, write_text_atomic  # noqa: E402
 from quantlab.modes import config_files  # noqa: E402
-from quantlab.records import read_json  # noqa: E402
+from quantlab.records import FAILED, failed, read_json  # noqa: E402
+from quantlab.signals import Stopped, stop_on_signals  # noqa: E402
 from systems import launch  # noqa: E402
 
 CAMPAIGNS = HERE / "campaigns"
@@ -136,11 +137,23 @@ def measure(s: Session, steps: int) -> None:
 
 
 def prepare(s: Session) -> dict[str, int]:
-    """Each experiment's id: created with its resolved config.yaml on the first submit."""
-    ids = s.state.read()["experiments"]
+    """Each experiment's id: created with its resolved config.yaml on the first submit. An
+    experiment's configuration is fixed then; a campaign file edited since (its mode,
+    profile, start, after or overrides) is refused, naming what changed, before anything
+    runs: the jobs would continue the old configuration and the edit would be ignored."""
+    recorded = s.state.read()
+    ids, specs = recorded["experiments"], recorded["specs"]
     c = s.campaign
     for e in c.order():
         if e.name in ids and (s.exp_folder(e.name, ids[e.name]) / "config.yaml").is_file():
+            if e.name not in specs:  # created by a submit that recorded no spec: today's is taken as it
+                s.state.update(specs={e.name: e.spec()})
+                continue
+            changed = e.changes(specs[e.name])
+            if changed:
+                raise ConfigError(f"{c.path}: experiment '{e.name}' (exp{ids[e.name]:04d}) was created by an earlier "
+                                  f"submit, and the file has changed it since: {'; '.join(changed)}. Undo the change "
+                                  "to continue it, or give the experiment a new name to start a new one")
             continue
         exp_id = Logbook.claim(s.logs_root, c.problem, c.topology)
         cfg = copy.deepcopy(e.cfg)
@@ -148,11 +161,13 @@ def prepare(s: Session) -> dict[str, int]:
             cfg["quantize"]["init"] = ids[e.start]
         Logbook(s.logs_root, c.problem, c.topology, exp_id, writer=True).create(cfg)
         ids[e.name] = exp_id
-        s.state.update(experiments={e.name: exp_id})
+        s.state.update(experiments={e.name: exp_id}, specs={e.name: e.spec()})
     return ids
 
 
 def submit(s: Session) -> int:
+    if s.system["scheduler"] == "slurm":
+        slurm.alive()  # Slurm answers, before any experiment is created
     s.state.root.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as held:
         try:
@@ -195,17 +210,25 @@ def last_metric(s: Session, experiment: str, folder: Path) -> str:
 
 
 def children_status(folder: Path) -> str:
-    """Finished, running and interrupted child runs of a search: each has a claim file
-    (engine.claims) beside its ledger, held while it runs."""
-    done, running, interrupted = 0, [], []
+    """Finished, failed, running and interrupted child runs of a search: each has a claim
+    file (engine.claims) beside its ledger, held while it runs; a failed one is recorded in
+    the ledger with its error."""
+    done, failures, running, interrupted = 0, [], [], []
     for claim in sorted(folder.glob("*/claims/*.lock")):
         stem, readable = claim.name.split(".", 1)
         ledger = claim.parent.parent / f"{stem}.json"
-        if claim.name in {claim_path(ledger, key).name for key in read_json(ledger)}:
-            done += 1
+        entries = {claim_path(ledger, key).name: (key, entry) for key, entry in read_json(ledger).items()}
+        if claim.name in entries and not held_elsewhere(claim):
+            key, entry = entries[claim.name]
+            if failed(entry):
+                failures.append(f"{key} ({entry[FAILED]})")
+            else:
+                done += 1
         else:
             (running if held_elsewhere(claim) else interrupted).append(readable.rsplit(".", 2)[0])
     text = f"{done} children done"
+    if failures:
+        text += f", failed (the experiment's next run retries them): {'; '.join(failures)}"
     if running:
         text += f", running: {', '.join(running)}"
     if interrupted:
@@ -215,8 +238,15 @@ def children_status(folder: Path) -> str:
 
 def status(s: Session) -> None:
     ids = s.state.read()
-    queued = slurm.alive() if s.system["scheduler"] == "slurm" else {}
+    queued, unknown = {}, None
+    if s.system["scheduler"] == "slurm":
+        try:
+            queued = slurm.alive()
+        except SchedulerError as exc:
+            unknown = exc
     print(f"campaign {s.campaign.name} ({s.state.root})")
+    if unknown is not None:
+        print(f"  note: {unknown}; the states below come from the job records alone (queued jobs show as pending)")
     for job in s.jobs:
         state = s.state.job_state(job.name, job.workers)
         slurm_id = ids["submitted"].get(job.name)
@@ -264,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--system", default="local", help="a profile in systems/ or a YAML file (default: local)")
     p.add_argument("--steps", type=int, default=5, help="measure: timed steps per variant")
     args = p.parse_args(argv)
+    stop_on_signals()
     try:
         session = Session(args.campaign, args.system)
         if args.command == "plan":
@@ -279,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     except QuantlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Stopped as stop:
+        print(f"stopped by {stop}", file=sys.stderr)
+        return 128 + stop.signum
     return 0
 
 

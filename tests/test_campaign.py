@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -113,6 +114,22 @@ BAD = {
     "campaign key": ("problem: SwissCube\ntopology: Widedepth\nexperimets: {}\n", "experimets"),
     "dependency": ("problem: SwissCube\ntopology: Widedepth\nexperiments: {a: {mode: mqat, start: flaot}}\n",
                    "'flaot'"),
+    # names become folders and Slurm job names: no line break, no path
+    "name with a line break": ('problem: SwissCube\ntopology: Widedepth\nexperiments: {"fl\\ntouch PWNED\\n#": '
+                               '{mode: train}}\n', "experiment name: 'fl\\ntouch PWNED\\n#' is not a valid name"),
+    "campaign name with a slash": ("campaign: ../../escape\nproblem: SwissCube\ntopology: Widedepth\n"
+                                   "experiments: {a: {mode: train}}\n", "campaign: '../../escape' is not a valid name"),
+    "campaign name with a space": ("campaign: my run\nproblem: SwissCube\ntopology: Widedepth\n"
+                                   "experiments: {a: {mode: train}}\n", "campaign: 'my run' is not a valid name"),
+    "table with a path": ("problem: SwissCube\ntopology: Widedepth\nexperiments: {a: {mode: train}}\n"
+                          "tables: {T: {experiment: a, table: ../x}}\n", "table: '../x' is not a valid name"),
+    # values of the wrong type, which were read character by character or crashed
+    "images as words": ("problem: SwissCube\ntopology: Widedepth\nimages: {train: lots, eval: 1}\n"
+                        "experiments: {a: {mode: train}}\n", "images.train must be a whole number"),
+    "after as a string": ("problem: SwissCube\ntopology: Widedepth\nexperiments: {float: {mode: train}, "
+                          "b: {mode: train, after: float}}\n", "experiment 'b': after must be a list, e.g. [float]"),
+    "overrides as a string": ("problem: SwissCube\ntopology: Widedepth\nexperiments: {a: {mode: train, "
+                              "overrides: \"training.epochs=3\"}}\n", "overrides must be a list"),
 }
 
 
@@ -125,6 +142,24 @@ def test_a_bad_campaign_is_one_line_before_anything_is_submitted(case, tmp_path)
     assert out.returncode == 1
     assert len(out.stderr.strip().splitlines()) == 1 and str(path) in out.stderr and named in out.stderr
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("exp*"))
+    assert not (tmp_path / "PWNED").exists() and not (REPO / "PWNED").exists()
+
+
+def test_a_slurm_script_holds_no_value_of_the_campaign_file_and_refuses_a_broken_option(tmp_path):
+    """The job's name and output go to sbatch as arguments; the script holds the system's own
+    `#SBATCH` options, each checked to be one line, and shell-quoted words."""
+    from quantlab.campaign.graph import Job
+    from quantlab.campaign.slurm import options, script
+    from quantlab.campaign.state import CampaignState
+    from quantlab.errors import ConfigError
+    state, job = CampaignState(tmp_path, "c1"), Job("mqat:cube", "mqat", "mqat", "cube", workers=2)
+    text = script(job, state, ["python", "main.py", "--set", "a=$(touch x)"], ["--ntasks=1"], tmp_path)
+    assert [line for line in text.splitlines() if line.startswith("#SBATCH")] == ["#SBATCH --ntasks=1"]
+    assert "'a=$(touch x)'" in text and "job-name" not in text
+    assert options(job, state) == ["--job-name=c1:mqat:cube", f"--output={state.jobs / 'mqat-cube.%a.out'}",
+                                   "--array=0-1"]
+    with pytest.raises(ConfigError, match="no line break"):
+        script(job, state, ["python"], ["--ntasks=1\ntouch PWNED"], tmp_path)
 
 
 RACER = textwrap.dedent("""
@@ -175,3 +210,156 @@ def test_two_jobs_racing_for_one_child_run_it_once(second, tmp_path):
         assert outs[0] == outs[1] == ledger["child"]
     else:
         assert None in outs or procs[1].pid == int(ran[0])
+
+
+def tiny_campaign(root: Path, epochs: int, name: str = "tiny") -> Path:
+    """A one-experiment local campaign training the tiny SwissCube set (conftest's storage)."""
+    from tests.test_engine import TINY_SET
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"campaign": name, "problem": "SwissCube", "topology": "Widedepth",
+                                    "experiments": {"float": {"mode": "train", "overrides": [
+                                        *TINY_SET, f"training.epochs={epochs}"]}}}))
+    return path
+
+
+def test_an_edited_experiment_is_refused_naming_the_keys_instead_of_silently_continuing(storage):
+    """After a first submit, the experiment's configuration is fixed: changing its overrides
+    in the file (here its epochs) is one line naming the key, old and new value, and nothing runs."""
+    env = dict(os.environ, QUANTLAB_STORAGE=str(storage / "hard_storage.json"), PYTHONUNBUFFERED="1")
+    path = tiny_campaign(storage, 1)
+    assert campaign("submit", str(path), env=env).returncode == 0
+    path.write_text(path.read_text().replace("training.epochs=1", "training.epochs=3"))
+    out = campaign("submit", str(path), env=env)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stdout + out.stderr
+    assert "experiment 'float' (exp0000)" in out.stderr and "training.epochs (1 -> 3)" in out.stderr
+    assert "started" not in out.stdout
+    assert sorted(p.name for p in (storage / "logs" / "SwissCube" / "Widedepth").iterdir()) == ["exp0000"]
+    # undone, the campaign continues: everything is done already
+    path.write_text(path.read_text().replace("training.epochs=3", "training.epochs=1"))
+    again = campaign("submit", str(path), env=env)
+    assert again.returncode == 0 and "every job done" in again.stdout
+
+
+def test_a_stopped_local_submit_stops_the_jobs_it_started(storage):
+    """SIGTERM to `campaign.py submit --system local` reaches its running jobs: their runs
+    save and stop, the submit ends after them, and no process of the campaign runs on."""
+    env = dict(os.environ, QUANTLAB_STORAGE=str(storage / "hard_storage.json"), PYTHONUNBUFFERED="1")
+    path = tiny_campaign(storage, 200, "long")
+    submit = subprocess.Popen([*CAMPAIGN, "submit", str(path)], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    saves = storage / "logs" / "SwissCube" / "Widedepth" / "exp0000" / "saves" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not saves.is_file():
+        assert time.monotonic() < deadline and submit.poll() is None, "the job never saved an epoch"
+        time.sleep(0.2)
+    submit.send_signal(signal.SIGTERM)
+    out, _ = submit.communicate(timeout=90)
+    assert submit.returncode == 128 + signal.SIGTERM, out
+    assert "stopped by SIGTERM: 1 running job process(es) stopped" in out
+    left = subprocess.run(["pgrep", "-f", str(storage)], capture_output=True, text=True).stdout.split()
+    assert not left, subprocess.run(["ps", "-o", "pid,args", "-p", ",".join(left)], capture_output=True,
+                                    text=True).stdout
+    record = json.loads((storage / "logs" / "campaigns" / "long" / "jobs" / "float.0.json").read_text())
+    assert record["state"] == "failed" and record["exit_code"] != 0
+
+
+FAILER = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from types import SimpleNamespace
+    sys.path.insert(0, sys.argv[1])
+    import horovod.torch as hvd
+    hvd.init()
+    from quantlab.engine.claims import Jobs
+    from quantlab.engine.distributed import World
+    from quantlab.errors import QuantlabError, TrainingError
+    folder, worker, broken = Path(sys.argv[2]), sys.argv[3] == "worker", sys.argv[4] == "broken"
+    ctx = SimpleNamespace(world=World(0, 1, 0, 1), options={"worker": "p" if worker else None}, say=print,
+                          logbook=SimpleNamespace(exp_id=7))
+    jobs = Jobs(ctx, "search", ("p",))
+    ledger = jobs.ledger(folder / "ledger.json")
+    def run(key):
+        def child():
+            with open(folder / "ran", "a") as fh:
+                fh.write(key + "\\n")
+            if key == "b" and broken:
+                raise TrainingError("the model diverged in epoch 2")
+            return {"metric": 1.0}
+        return child
+    try:
+        with jobs.part("p"):
+            for key in ("a", "b", "c"):
+                ledger.obtain(key, run(key))
+    except QuantlabError as exc:
+        print(f"error: {exc}")
+        sys.exit(1)
+""")
+
+
+def test_a_failing_child_is_recorded_and_its_siblings_still_run(tmp_path):
+    """A child that raises is recorded as failed with its error; its part goes on with the
+    others and the job ends with one error naming it; another worker of the part leaves it
+    (no second failure); `status` says failed; the experiment's own job runs it again."""
+    from systems.campaign import children_status
+    script = tmp_path / "failer.py"
+    script.write_text(FAILER)
+    folder = tmp_path / "exp" / "search"
+    folder.mkdir(parents=True)
+
+    def job(kind: str, broken: bool) -> subprocess.CompletedProcess:
+        return subprocess.run([PY, str(script), str(REPO), str(folder), kind, "broken" if broken else "fixed"],
+                              capture_output=True, text=True, timeout=60)
+    first = job("worker", True)
+    assert first.returncode == 1 and "1 child run(s) of part 'p' failed ('b': the model diverged in epoch 2); " \
+                                      "the others ran" in first.stdout, first.stdout + first.stderr
+    assert (folder / "ran").read_text().split() == ["a", "b", "c"]
+    ledger = json.loads((folder / "ledger.json").read_text())
+    assert ledger["a"] == ledger["c"] == {"metric": 1.0} and ledger["b"]["failed"] == "the model diverged in epoch 2"
+    second = job("worker", True)  # a sibling worker: everything is recorded, b is left to the join
+    assert second.returncode == 0 and "'b' failed in another job" in second.stdout
+    assert (folder / "ran").read_text().split() == ["a", "b", "c"]
+    status = children_status(tmp_path / "exp")
+    assert status.startswith("2 children done, failed") and "b (the model diverged in epoch 2)" in status
+    join = job("join", False)
+    assert join.returncode == 0, join.stdout
+    assert (folder / "ran").read_text().split() == ["a", "b", "c", "b"]
+    assert json.loads((folder / "ledger.json").read_text())["b"] == {"metric": 1.0}
+    assert children_status(tmp_path / "exp") == "3 children done"
+
+
+def test_status_without_a_reachable_slurm_says_so_in_one_line_and_still_reports(tmp_path):
+    (tmp_path / "no-controller.conf").write_text("ClusterName=none\n")  # a Slurm that cannot be reached
+    env = dict(storage_env(tmp_path), SLURM_CONF=str(tmp_path / "no-controller.conf"))
+    path = tiny_campaign(tmp_path, 1)
+    out = campaign("status", str(path), "--system", "slurm", env=env)
+    assert out.returncode == 0, out.stderr
+    notes = [line for line in out.stdout.splitlines() if "note:" in line]
+    assert len(notes) == 1 and "Slurm's squeue failed:" in notes[0] and "job records alone" in notes[0]
+    assert "float" in out.stdout and "squeue: error" not in out.stdout + out.stderr
+    submit = campaign("submit", str(path), "--system", "slurm", env=env)
+    assert submit.returncode == 1 and len(submit.stderr.strip().splitlines()) == 1, submit.stderr
+    assert "Slurm's squeue failed" in submit.stderr and "Traceback" not in submit.stderr
+    assert not (tmp_path / "logs" / "SwissCube").exists()  # refused before any experiment was created
+
+
+@pytest.mark.parametrize("record", ["state.json", "jobs/float.0.json"])
+def test_a_damaged_campaign_record_is_one_line_naming_it(tmp_path, record):
+    env = storage_env(tmp_path)
+    folder = tmp_path / "logs" / "campaigns" / "mqat-swisscube"
+    (folder / "jobs").mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps({"experiments": {}, "submitted": {}}))
+    (folder / record).write_text('{"experiments": {"float": 0')  # cut short
+    out = campaign("status", "mqat_swisscube", env=env)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert f"{folder / record}: damaged record, not JSON" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_damaged_ledger_is_one_line_naming_it(tmp_path):
+    from quantlab.errors import ExperimentError
+    from quantlab.records import Ledger
+    (tmp_path / "ledger.json").write_text("[1, 2]")
+    with pytest.raises(ExperimentError, match=r"ledger.json: damaged record, expected a JSON object, found list"):
+        Ledger(tmp_path / "ledger.json")
+    (tmp_path / "ledger.json").write_bytes(b"\xff\xfe not text")
+    with pytest.raises(ExperimentError, match=r"ledger.json: damaged record, not JSON"):
+        Ledger(tmp_path / "ledger.json")

@@ -15,16 +15,44 @@ from typing import Callable
 
 from quantlab.campaign.graph import Job
 from quantlab.campaign.state import DONE, FAILED, CampaignState
+from quantlab.signals import Stopped
 
 POLL_SECONDS = 0.5
 
 
+#: seconds the running jobs get to save and stop after the submit was stopped, before SIGKILL
+STOP_GRACE_SECONDS = 120.0
+
+
 def run_local(jobs: list[Job], state: CampaignState, command: Callable[[Job], list[str]], slots: int,
               env_for: Callable[[int], dict[str, str]], say: Callable[[str], None]) -> dict[str, str]:
-    """Run every job that is not done; return each job's final state."""
+    """Run every job that is not done; return each job's final state. A stop signal to the
+    submit (quantlab.signals) is passed on to every running job, whose runs save what they
+    have and stop; the submit waits for them, then stops too, so nothing runs on with
+    nobody to start what follows."""
+    running: dict[tuple[str, int], tuple[subprocess.Popen, int]] = {}
+    try:
+        return _run(jobs, state, command, slots, env_for, say, running)
+    except Stopped as stop:
+        procs = [proc for proc, _ in running.values() if proc.poll() is None]
+        for proc in procs:
+            proc.send_signal(stop.signum)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        say(f"stopped by {stop}: {len(procs)} running job process(es) stopped; submit again to resume")
+        raise
+
+
+def _run(jobs: list[Job], state: CampaignState, command: Callable[[Job], list[str]], slots: int,
+         env_for: Callable[[int], dict[str, str]], say: Callable[[str], None],
+         running: dict[tuple[str, int], tuple[subprocess.Popen, int]]) -> dict[str, str]:
     final = {j.name: DONE for j in jobs if state.job_state(j.name, j.workers) == DONE}
     waiting = [j for j in jobs if j.name not in final]
-    running: dict[tuple[str, int], tuple[subprocess.Popen, int]] = {}
     left: dict[str, list[int]] = {j.name: list(range(j.workers)) for j in waiting}
     codes: dict[str, list[int]] = {j.name: [] for j in waiting}
     state.jobs.mkdir(parents=True, exist_ok=True)

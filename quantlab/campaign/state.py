@@ -1,6 +1,7 @@
 """A campaign's folder, `<logs>/campaigns/<name>/`: what was submitted and what ran.
 
-    state.json            experiment ids ({name: expNNNN id}) and submitted jobs ({job: Slurm id})
+    state.json            experiment ids ({name: expNNNN id}), what the campaign file said of each
+                          when it was created ({name: spec}) and submitted jobs ({job: Slurm id})
     jobs/<job>.<i>.json   what process i of a job did: running, done or failed (and its exit code)
     jobs/<job>.<i>.lock   held (flock) by that process while it runs: the kernel drops it when it dies
     jobs/<job>.<i>.out    its output
@@ -36,7 +37,8 @@ class CampaignState:
 
     def read(self) -> dict[str, Any]:
         data = read_json(self.root / "state.json")
-        return {"experiments": data.get("experiments", {}), "submitted": data.get("submitted", {})}
+        return {"experiments": data.get("experiments", {}), "specs": data.get("specs", {}),
+                "submitted": data.get("submitted", {})}
 
     def update(self, **changes: dict) -> dict[str, Any]:
         """Merge `changes` into state.json under its lock (two submits never lose a line)."""

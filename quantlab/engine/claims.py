@@ -24,9 +24,9 @@ from typing import Any, Callable, Iterator
 
 from quantlab.engine import distributed as dist
 from quantlab.engine.context import RunContext
-from quantlab.errors import ConfigError
+from quantlab.errors import ConfigError, QuantlabError, TrainingError, shared
 from quantlab.files import Busy, exclusive_lock
-from quantlab.records import Ledger
+from quantlab.records import FAILED, Ledger, failed
 
 #: seconds between two looks at a child another job holds
 POLL_SECONDS = 2.0
@@ -62,16 +62,26 @@ class Jobs:
             raise ConfigError(f"--worker {self.worker}: the parts of --mode {mode} are {', '.join(parts) or 'none'}")
         self.current: str | None = None
         self.pending = 0
+        #: (key, error) of the children that raised in this job, by part
+        self.failures: dict[str, list[tuple[str, str]]] = {}
         self._held: dict[str, contextlib.ExitStack] = {}
 
     @contextlib.contextmanager
     def part(self, name: str) -> Iterator[None]:
-        """Children asked for inside the block belong to the part `name`."""
+        """Children asked for inside the block belong to the part `name`. A child that
+        raises is recorded as failed and the part goes on with the others; at its end,
+        the part's failures are one error naming each, which ends the job."""
         self.current, before = name, self.current
         try:
             yield
         finally:
             self.current = before
+        failures = self.failures.pop(name, [])
+        if failures:
+            listed = "; ".join(f"'{key}': {message}" for key, message in failures)
+            raise shared(TrainingError(
+                f"{len(failures)} child run(s) of part '{name}' failed ({listed}); the others ran. Continue "
+                f"experiment {self.ctx.logbook.exp_id} (--exp_id) to run the failed ones again"))
 
     def stops_after(self, name: str) -> bool:
         """Whether this job is a worker of `name` (and so ends once that part is done)."""
@@ -82,12 +92,22 @@ class Jobs:
         entries = dist.on_main(self.ctx.world, f"ledger.{path.name}", lambda: Ledger(path).entries)
         return Claimed(self, Ledger(path, writer=self.ctx.world.is_main, entries=entries))
 
+    def _recorded(self, entry: dict | None) -> str | None:
+        """What a recorded entry means for this job: 'done', 'failed' (a worker leaves a
+        child another job saw fail to the join), or None (run it: not recorded, or failed
+        and this job is not a worker, so it tries again)."""
+        if entry is None:
+            return None
+        if not failed(entry):
+            return "done"
+        return "failed" if self.worker is not None else None
+
     def _decide(self, ledger: Ledger, key: str) -> tuple[str, dict | None]:
-        """On the main rank: ('done', entry), ('run', None) holding the claim, or
-        ('busy', None) when another job holds it."""
+        """On the main rank: ('done' or 'failed', entry), ('run', None) holding the claim,
+        or ('busy', None) when another job holds it."""
         entry = ledger.on_disk().get(key)
-        if entry is not None:
-            return "done", entry
+        if self._recorded(entry):
+            return self._recorded(entry), entry
         stack = contextlib.ExitStack()
         try:
             stack.enter_context(exclusive_lock(claim_path(ledger.path, key), wait=False))
@@ -95,15 +115,16 @@ class Jobs:
             stack.close()
             return "busy", None
         entry = ledger.on_disk().get(key)  # recorded between the first look and the claim
-        if entry is not None:
+        if self._recorded(entry):
             stack.close()
-            return "done", entry
+            return self._recorded(entry), entry
         self._held[key] = stack
         return "run", None
 
     def obtain(self, ledger: Ledger, key: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
         """The entry of `key`: recorded already (by any job), or run here under its claim;
-        None for a worker when another job holds it."""
+        None for a worker when another job holds it or saw it fail, and None for a child
+        that failed here (recorded, and reported at the end of its part)."""
         if key in ledger:
             return ledger.entries[key]
         told = False
@@ -112,12 +133,15 @@ class Jobs:
             if verdict == "done":
                 ledger.entries[key] = entry
                 return entry
+            if verdict == "failed":
+                self.ctx.say(f"'{key}' failed in another job ({entry[FAILED]}): left to the experiment's own job")
+                self.pending += 1
+                return None
             if verdict == "run":
                 try:
-                    ledger.record(key, run())
+                    return self._run(ledger, key, run)
                 finally:
                     self._held.pop(key, contextlib.ExitStack()).close()
-                return ledger.entries[key]
             if self.worker is not None and self.worker == self.current:
                 self.pending += 1
                 return None
@@ -125,6 +149,28 @@ class Jobs:
                 self.ctx.say(f"waiting for '{key}': another job runs it ({claim_path(ledger.path, key).name})")
                 told = True
             time.sleep(POLL_SECONDS)
+
+    def _run(self, ledger: Ledger, key: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        """Run the claimed child and record its entry, or record that it failed and with
+        what. Inside a part the part goes on (None); outside one, or when the error is one
+        rank's own (the ranks no longer run in step), the error ends the job."""
+        try:
+            entry = run()
+        except Exception as exc:
+            if dist.peer_failed(exc):
+                raise  # another rank failed or left: not this child's doing
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            if not isinstance(exc, QuantlabError):
+                message = f"{type(exc).__name__}: {message}"
+            ledger.record(key, {FAILED: message, "metric": float("nan")})
+            alike = self.ctx.world.size == 1 or getattr(exc, "shared", False)
+            if self.current is None or not alike:
+                raise
+            self.ctx.say(f"child run '{key}' failed: {message}; part '{self.current}' goes on with the others")
+            self.failures.setdefault(self.current, []).append((key, message))
+            return None
+        ledger.record(key, entry)
+        return ledger.entries[key]
 
 
 class Claimed:

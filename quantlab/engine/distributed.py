@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import horovod.torch as hvd
 import torch
+from horovod.common.exceptions import HorovodInternalError
 
 from quantlab.errors import QuantlabError, shared
 
@@ -125,6 +126,12 @@ def on_main(world: World, name: str, run: Callable[[], T]) -> T:
     if told is not None:
         raise error if world.is_main else shared(told)
     return result if world.is_main else outcome
+
+
+def peer_failed(exc: BaseException) -> bool:
+    """Whether `exc` says another rank failed or left (Horovod shut its collectives down),
+    rather than that this rank's own work went wrong."""
+    return isinstance(exc, HorovodInternalError)
 
 
 def on_cpu(choice: str) -> bool:
