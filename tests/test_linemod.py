@@ -22,7 +22,7 @@ from problems.LINEMOD.generator import generate
 from problems.LINEMOD.ZebraPose.loss import LossWeights, object_loss
 from problems.LINEMOD.ZebraPose.network import OFFICIAL_ALIASES, ZebraPoseNet
 from problems.LINEMOD.ZebraPose.postprocess import correspondences
-from problems.LINEMOD.ZebraPose.preprocess import crop
+from problems.LINEMOD.ZebraPose.preprocess import crop, final_box, pad_box
 from problems.LINEMOD.ZebraPose.task import ObjectOutput, ZebraPoseTask
 from quantlab.errors import CheckpointError, DataError
 from tests.conftest import config
@@ -201,6 +201,36 @@ def test_correspondences_map_pixels_through_the_box_with_truncation():
     assert pix.tolist() == [[13, 22], [10, 26]] and pts.tolist() == [[7, 8, 9], [0, 0, 0]]
 
 
+def test_a_logit_whose_float32_sigmoid_is_one_half_is_a_zero_as_in_the_official_test():
+    """sigmoid(5e-8) rounds to exactly 0.5 in float32; the official `sigmoid > 0.5` drops
+    such a pixel (mask) and reads such a bit as 0, where `logit > 0` kept both."""
+    assert torch.sigmoid(torch.tensor(5e-8)) == 0.5
+    mask = torch.full((1, 2, 2), -5.0)
+    mask[0, 0, 0], mask[0, 1, 1] = 5e-8, 5.0          # the first is not in the mask
+    code = torch.full((2, 2, 2), -5.0)
+    code[0, 1, 1], code[1, 1, 1] = 5.0, 5e-8           # bits 1, 0 -> class 2
+    points = np.array([[0, 0, 0], [1, 1, 1], [7.0, 8.0, 9.0], [4.0, 4.0, 4.0]])
+    pts, pix = correspondences(mask, code, points, (0, 0, 2, 2))
+    assert pix.tolist() == [[1, 1]] and pts.tolist() == [[7, 8, 9]]
+
+
+def test_the_square_crop_truncates_its_edges_as_the_official_code():
+    """Box (x -3, y 2, w 5, h 8): the square widens x about -0.5 to [-4.5, 3.5], which
+    int() truncates to [-4, 3]: 7 wide, one less than its side 8. The image's columns 0-2
+    land at canvas columns 4-6 and column 7 stays black, index for index as
+    `crop_square_resize`; the PnP box is (-4, 2, 7, 8), as `get_final_Bbox`."""
+    image = np.arange(1, 101, dtype=np.int32).reshape(10, 10)
+    box = (-3, 2, 5, 8)
+    assert final_box(box, "crop_square_resize", image.shape) == (-4, 2, 7, 8)
+    expected = np.zeros((8, 8), np.int32)
+    expected[:, 4:7] = image[2:10, 0:3]
+    assert np.array_equal(crop(image, box, "crop_square_resize", 8, cv2.INTER_NEAREST), expected)
+    # edges that are whole numbers or positive are exact: a full square of side 8
+    assert final_box((2, 1, 8, 4), "crop_square_resize", image.shape) == (2, -1, 8, 8)
+    inside = crop(image, (2, 1, 8, 4), "crop_square_resize", 8, cv2.INTER_NEAREST)
+    assert np.array_equal(inside[1:], image[0:7, 2:10]) and not inside[0].any()
+
+
 def test_ground_truth_codes_give_the_right_poses(lm_root):
     """The inference chain (crop box, ids, class points, pixel mapping, PnP) on the ground
     truth's own code and mask images: nearly every pose is right."""
@@ -209,9 +239,9 @@ def test_ground_truth_codes_give_the_right_poses(lm_root):
     predictions = []
     for index, inst in enumerate(data.instances):
         item = data[index]
-        final = item["box"]
-        mask = crop(task.data.mask(inst).astype(np.uint8), final, 32, cv2.INTER_NEAREST)
-        ids = crop(task.data.codes(inst).astype(np.int32), final, 32, cv2.INTER_NEAREST)
+        box, method = pad_box(inst.bbox_visib, task.cfg["input"]["padding"]), task.cfg["input"]["resize"]
+        mask = crop(task.data.mask(inst).astype(np.uint8), box, method, 32, cv2.INTER_NEAREST)
+        ids = crop(task.data.codes(inst).astype(np.int32), box, method, 32, cv2.INTER_NEAREST)
         code = torch.from_numpy(ids_to_bits(ids, 6).transpose(2, 0, 1).astype(np.float32)) * 20 - 10
         logit = torch.from_numpy(mask.astype(np.float32))[None] * 20 - 10
         outputs = {item["obj"]: ObjectOutput(logit[None], code[None], None)}

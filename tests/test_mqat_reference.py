@@ -37,10 +37,10 @@ def reference_file(model: torch.nn.Module) -> dict:
             "training": {"optimizer": {}, "lr_scheduler": {}, "quantize": [{"fraction": 1.0}]}}
 
 
-def inq_fpn_model(task) -> torch.nn.Module:
+def inq_fpn_model(task, bits: int = 2) -> torch.nn.Module:
     torch.manual_seed(3)
     model = task.build_network().eval()
-    apply_recipe(model, [Rule("fpn", "inq", 2)], task.groups)
+    apply_recipe(model, [Rule("fpn", "inq", bits)], task.groups)
     INQController(model, {0: 1.0}).on_epoch_start(0)
     return model
 
@@ -61,7 +61,7 @@ def test_reference_file_loads_into_a_float_network_with_identical_outputs(tmp_pa
     assert set(layers) == {n for n, m in quantized.named_modules() if isinstance(getattr(m, "wq", None), INQWeight)}
     assert set(layers.values()) == {2} and copies and all(k.startswith("backbone.") for k in copies)
     fresh = task.build_network().eval()
-    report = reference.quantize_like(fresh, layers, "ref.pth")
+    report = reference.quantize_like(fresh, layers, state, "ref.pth")
     assert {r["layer"] for r in report} == set(layers) and {r["bits"] for r in report} == {2}
     task.load_weights(fresh, state, "ref.pth")
     x = torch.randn(1, 3, 64, 64)
@@ -71,8 +71,36 @@ def test_reference_file_loads_into_a_float_network_with_identical_outputs(tmp_pa
     # a recipe that made those layers 4-bit LSQ contradicts the file
     contradicting = task.build_network()
     apply_recipe(contradicting, [Rule("fpn", "lsq", 4)], task.groups)
-    with pytest.raises(CheckpointError, match=r"fpn\..* holds 2-bit INQ weights, the recipe makes it LSQWeight"):
-        reference.quantize_like(contradicting, layers, "ref.pth")
+    with pytest.raises(CheckpointError, match=r"fpn\..* holds 2-bit INQ weights \(3 levels\), the recipe makes it "
+                                              r"LSQWeight"):
+        reference.quantize_like(contradicting, layers, state, "ref.pth")
+
+
+def test_a_recipe_whose_grid_does_not_hold_the_files_values_is_refused(monkeypatch):
+    """The reference config's FPN has 15 levels (4 bits: steps of s/7). A 5-bit INQ recipe
+    (31 levels, steps of s/15) has more bits but not those levels: export would move the
+    weights (by up to 0.029 on the reference file), so it is refused; 8 bits (255 levels,
+    steps of s/127) neither; a 3-bit file's levels (s/3) are not on 4 bits' either. Grids
+    that hold the values (the file's own, 2 bits on 4) load. The file's scales are loaded,
+    never searched."""
+    from quantlab.quant import quantizers
+    task = tiny_task()
+    four = reference.convert(reference_file(inq_fpn_model(task, 4)), "model.", "ref.pth")
+    two = reference.convert(reference_file(inq_fpn_model(task, 2)), "model.", "ref.pth")
+    monkeypatch.setattr(quantizers, "inq_scale", lambda *a: pytest.fail("a loaded INQ scale was searched"))
+    for recipe_bits, (state, layers, _), holds in ((5, four, False), (8, four, False), (4, four, True),
+                                                   (4, two, True), (3, four, False)):
+        model = task.build_network()
+        apply_recipe(model, [Rule("fpn", "inq", recipe_bits)], task.groups, loading=True)
+        if holds:
+            assert reference.quantize_like(model, layers, state, "ref.pth") == []
+        else:
+            with pytest.raises(CheckpointError, match=rf"holds 4-bit INQ weights \(15 levels\), the recipe makes it "
+                                                      rf"INQWeight {recipe_bits}-bit, whose {2 ** recipe_bits - 1} "
+                                                      "levels do not hold the file's 15"):
+                reference.quantize_like(model, layers, state, "ref.pth")
+    fresh = task.build_network()
+    assert {r["bits"] for r in reference.quantize_like(fresh, four[1], four[0], "ref.pth")} == {4}
 
 
 def test_mode_test_evaluates_a_reference_file_and_prints_its_size(storage, tmp_path):
@@ -82,7 +110,7 @@ def test_mode_test_evaluates_a_reference_file_and_prints_its_size(storage, tmp_p
     assert out.returncode == 0, out.stdout + out.stderr
     assert "MQAT reference layout" in out.stdout and "x inq 2-bit" in out.stdout
     exp = exp_dir(storage, 0)
-    assert (exp / "eval" / "test_mqat_fpn_2bit" / "metrics.json").is_file()
+    assert len(list((exp / "eval").glob("test_mqat_fpn_2bit_*/metrics.json"))) == 1
     report = json.loads((exp / "quant_report.json").read_text())
     assert {r["layer"].split(".")[0] for r in report["layers"]} == {"fpn"}
     assert report["size"]["compression"] > 1

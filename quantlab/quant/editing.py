@@ -105,17 +105,18 @@ def quantizable_weights(model: nn.Module, exclude: list[str], patterns: dict) ->
     return {n: weight_tensors(m) for n, m in quantizable(model).items() if not any(p.fullmatch(n) for p in excluded)}
 
 
-def weight_quantizer(weight: nn.Parameter, rule: Rule, axis: int = 0) -> nn.Module:
+def weight_quantizer(weight: nn.Parameter, rule: Rule, axis: int = 0, loading: bool = False) -> nn.Module:
     """The rule's quantizer for `weight`; per channel, its scales lie along `axis` (the
-    layer's `channel_axis`). INQ is per tensor."""
+    layer's `channel_axis`). INQ is per tensor; `loading` (a checkpoint's state follows)
+    skips its scale search, whose result the checkpoint would overwrite."""
     if rule.algorithm == "symmetric":
         return SymmetricWeight(rule.bits, rule.per_channel, axis)
     if rule.algorithm == "lsq":
         return LSQWeight(weight, rule.bits, rule.per_channel, axis)
-    return INQWeight(weight, rule.bits)
+    return INQWeight(weight, rule.bits, search_scale=not loading)
 
 
-def build_layer(layer: nn.Module, rule: Rule) -> nn.Module:
+def build_layer(layer: nn.Module, rule: Rule, loading: bool = False) -> nn.Module:
     aq = None
     if rule.act_algorithm == "ste":
         aq = STEActivation(rule.act_bits, rule.act_signed)
@@ -123,13 +124,17 @@ def build_layer(layer: nn.Module, rule: Rule) -> nn.Module:
         aq = LSQActivation(rule.act_bits, rule.act_signed)
     if isinstance(layer, nn.MultiheadAttention):
         return QuantMultiheadAttention.from_float(
-            layer, weight_quantizer(layer.in_proj_weight, rule, channel_axis(layer)),
-            weight_quantizer(layer.out_proj.weight, rule, channel_axis(layer.out_proj)), aq)
-    return QUANTIZED[type(layer)].from_float(layer, weight_quantizer(layer.weight, rule, channel_axis(layer)), aq)
+            layer, weight_quantizer(layer.in_proj_weight, rule, channel_axis(layer), loading),
+            weight_quantizer(layer.out_proj.weight, rule, channel_axis(layer.out_proj), loading), aq)
+    return QUANTIZED[type(layer)].from_float(layer, weight_quantizer(layer.weight, rule, channel_axis(layer), loading),
+                                             aq)
 
 
-def apply_recipe(model: nn.Module, rules: list[Rule], patterns: dict, exclude: list[str] = ()) -> list[dict]:
-    """Replace the matched layers in place; return one report row per quantized layer."""
+def apply_recipe(model: nn.Module, rules: list[Rule], patterns: dict, exclude: list[str] = (),
+                 loading: bool = False) -> list[dict]:
+    """Replace the matched layers in place; return one report row per quantized layer.
+    `loading`: a checkpoint's state is loaded next, so data-dependent initialisation (INQ's
+    scale search) is skipped."""
     layers = quantizable(model)
     excluded = [pattern_of(p, patterns) for p in exclude]
     chosen: dict[str, Rule] = {}
@@ -145,7 +150,7 @@ def apply_recipe(model: nn.Module, rules: list[Rule], patterns: dict, exclude: l
     for name, rule in chosen.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, build_layer(layers[name], rule))
+        setattr(parent, child, build_layer(layers[name], rule, loading))
         report.append({"layer": name, "type": type(layers[name]).__name__, "algorithm": rule.algorithm,
                        "bits": rule.bits, "per_channel": rule.per_channel, "act_algorithm": rule.act_algorithm,
                        "act_bits": rule.act_bits if rule.act_algorithm else None,
@@ -162,6 +167,7 @@ def rules_from_report(rows: list[dict]) -> list[Rule]:
 
 
 def rebuild(model: nn.Module, rows: list[dict]) -> list[dict]:
-    """Quantize the layers of `rows` that are still float in `model`; return their rows."""
+    """Quantize the layers of `rows` that are still float in `model`, for the checkpoint
+    that recorded them to load into; return their rows."""
     todo = [r for r in rows if type(model.get_submodule(r["layer"])) in QUANTIZABLE]
-    return apply_recipe(model, rules_from_report(todo), {}) if todo else []
+    return apply_recipe(model, rules_from_report(todo), {}, loading=True) if todo else []

@@ -124,11 +124,17 @@ class INQWeight(nn.Module):
     weight is the frozen value where there is one, else the float weight.
     """
 
-    def __init__(self, weight: torch.Tensor, bits: int) -> None:
+    #: buffers whose NaN entries are marks (not yet frozen), not a failure
+    nan_marks = ("weight_frozen",)
+
+    def __init__(self, weight: torch.Tensor, bits: int, search_scale: bool = True) -> None:
+        """`search_scale=False` leaves s unset (NaN) for a checkpoint to load: the search
+        (about a second per large layer) would be overwritten."""
         super().__init__()
         self.bits = bits
         self.register_buffer("weight_frozen", torch.full_like(weight.detach(), float("nan")))
-        self.register_buffer("weight_s", Q.inq_scale(weight, bits).reshape(1))
+        scale = Q.inq_scale(weight, bits) if search_scale else torch.tensor(float("nan"), dtype=weight.dtype)
+        self.register_buffer("weight_s", scale.reshape(1))
 
     def frozen(self) -> torch.Tensor:
         return ~torch.isnan(self.weight_frozen)

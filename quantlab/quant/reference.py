@@ -25,13 +25,19 @@ def is_reference(state: dict) -> bool:
     return isinstance(state.get("network"), dict) and "fold" in state
 
 
+def on_grid(frozen: torch.Tensor, s: torch.Tensor, bits: int) -> bool:
+    """Whether every frozen value (NaN: not frozen) is a level of linspace(-s, s, 2^b - 1).
+    Such grids nest only when one half-count divides the other (3 levels lie on 15, not
+    15 on 31), so holding a file's values is checked per bit-width, never assumed."""
+    half = 2 ** (bits - 1) - 1
+    scaled = frozen[~torch.isnan(frozen)].double() / float(s) * half
+    return torch.allclose(scaled, torch.round(scaled), atol=1e-4) and bool((scaled.abs() <= half + 1e-4).all())
+
+
 def inq_bits(frozen: torch.Tensor, s: torch.Tensor, name: str) -> int:
     """The smallest bit-width whose INQ levels contain all frozen values of a layer."""
-    values = frozen[~torch.isnan(frozen)].double() / float(s)
     for bits in range(2, 9):
-        half = 2 ** (bits - 1) - 1
-        scaled = values * half
-        if torch.allclose(scaled, torch.round(scaled), atol=1e-4) and bool((scaled.abs() <= half + 1e-4).all()):
+        if on_grid(frozen, s, bits):
             return bits
     raise CheckpointError(f"{name}: weight_frozen values lie on no INQ grid of 2-8 bits")
 
@@ -58,9 +64,12 @@ def convert(state: dict, prefix: str, source: str) -> tuple[dict, dict[str, int]
     return ours, layers, dropped
 
 
-def quantize_like(model: nn.Module, layers: dict[str, int], source: str) -> list[dict]:
-    """Make the INQ layers of a reference file INQ layers of `model` (those the config did
-    not quantize already); returns the editing report of the new ones."""
+def quantize_like(model: nn.Module, layers: dict[str, int], state: dict, source: str) -> list[dict]:
+    """Make the INQ layers of a reference file (`layers`, from `convert` with its `state`)
+    INQ layers of `model`; returns the editing report of the new ones. A layer the config's
+    recipe quantized already must be INQ on a grid that holds every frozen value of the
+    file (another bit-width whose grid does not would move the weights at export). The new
+    layers' INQ scales are not searched: the file holds them."""
     todo = []
     for name, bits in sorted(layers.items()):
         try:
@@ -69,7 +78,12 @@ def quantize_like(model: nn.Module, layers: dict[str, int], source: str) -> list
             raise CheckpointError(f"{source}: INQ layer {name} is not in the network") from None
         if not isinstance(module, _Quantized):
             todo.append(Rule(re.escape(name), "inq", bits))
-        elif not isinstance(module.wq, INQWeight) or module.wq.bits < bits:
-            raise CheckpointError(f"{source}: {name} holds {bits}-bit INQ weights, the recipe makes it "
-                                  f"{type(module.wq).__name__} {module.wq.bits}-bit")
-    return apply_recipe(model, todo, {}) if todo else []
+            continue
+        frozen, scale = state[f"{name}.wq.weight_frozen"], state[f"{name}.wq.weight_s"]
+        if not isinstance(module.wq, INQWeight) or not on_grid(frozen, scale, module.wq.bits):
+            made = f"{type(module.wq).__name__} {module.wq.bits}-bit"
+            why = "" if not isinstance(module.wq, INQWeight) else \
+                f", whose {2 ** module.wq.bits - 1} levels do not hold the file's {2 ** bits - 1}"
+            raise CheckpointError(f"{source}: {name} holds {bits}-bit INQ weights ({2 ** bits - 1} levels), the "
+                                  f"recipe makes it {made}{why}")
+    return apply_recipe(model, todo, {}, loading=True) if todo else []

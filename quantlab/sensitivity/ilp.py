@@ -8,6 +8,7 @@ One binary x[l, b] per layer l and candidate bit-width b, with sum_b x[l, b] = 1
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +35,8 @@ class Problem:
 
 
 def solve(problem: Problem) -> Allocation:
-    """The optimal allocation; ValueError naming the budget when none fits."""
+    """The optimal allocation whose size is within the budget (checked, not taken from the
+    solver's tolerance); ValueError naming the budget when none fits."""
     names = problem.variables()
     index = {v: i for i, v in enumerate(names)}
     n = len(names)
@@ -66,15 +68,40 @@ def solve(problem: Problem) -> Allocation:
                 row = np.zeros(n)
                 row[index[(first, b)]], row[index[(other, b)]] = 1, -1
                 add(row, 0, 0)
+    # HiGHS accepts a solution whose size row exceeds its limit by the feasibility
+    # tolerance (scaled: a fraction of a bit on a model of 1e8 bits), so the returned size
+    # is checked against the budget. Sizes that are whole numbers (weights x bits) fit the
+    # budget iff they fit its floor; while a solution is over, the limit moves below the
+    # budget by twice the largest overshoot seen, and the ILP is solved again
+    integral = all(float(v).is_integer() for sizes in problem.size.values() for v in sizes.values())
+    limit, overshoot = (math.floor(problem.budget) if integral else problem.budget), 0.0
+    for attempt in range(1, TIGHTENINGS + 1):
+        high[-1] = limit
+        chosen, x = _solve(cost, rows, low, high, lower, names, problem.budget)
+        size = sum(problem.size[layer][b] for layer, b in chosen.items())
+        if size <= problem.budget:
+            return Allocation(chosen, float(cost @ x), size)
+        overshoot = max(overshoot, size - limit)
+        limit = problem.budget - 2 * attempt * overshoot
+    raise ValueError(f"no bit allocation fits the budget {problem.budget:g} (the solver's best stays "
+                     f"{size - problem.budget:g} over it)")
+
+
+#: re-solves with a tighter budget before an allocation over it is given up
+TIGHTENINGS = 8
+
+
+def _solve(cost: np.ndarray, rows: list, low: list, high: list, lower: np.ndarray, names: list,
+           budget: float) -> tuple[dict[str, int], np.ndarray]:
+    """One HiGHS solve: the chosen bits per layer and the rounded 0/1 vector."""
     # the exact optimum: HiGHS stops within a 1e-4 relative gap by default, which lets a
     # worse allocation through when sensitivities sit on a large common offset
-    result = milp(cost, constraints=LinearConstraint(np.array(rows), low, high),
-                  integrality=np.ones(n), bounds=Bounds(lower, np.ones(n)), options={"mip_rel_gap": 0.0})
+    result = milp(cost, constraints=LinearConstraint(np.array(rows), low, high), integrality=np.ones(len(cost)),
+                  bounds=Bounds(lower, np.ones(len(cost))), options={"mip_rel_gap": 0.0})
     if not result.success:
-        raise ValueError(f"no bit allocation fits the budget {problem.budget:g} ({result.message})")
-    chosen = {layer: b for (layer, b), x in zip(names, result.x) if x > 0.5}
-    size = sum(problem.size[layer][b] for layer, b in chosen.items())
-    return Allocation(chosen, float(cost @ np.round(result.x)), size)
+        raise ValueError(f"no bit allocation fits the budget {budget:g} ({result.message})")
+    x = np.round(result.x)
+    return {layer: b for (layer, b), v in zip(names, x) if v > 0.5}, x
 
 
 def average_bits(sensitivity: dict[str, dict[int, float]], counts: dict[str, int], target: float,

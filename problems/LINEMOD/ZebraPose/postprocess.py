@@ -1,8 +1,9 @@
 """ZebraPose inference (`CNN_output_to_pose.py:96-156`, `fba7b4d:test.py`): code + mask ->
 2D-3D correspondences -> PnP RANSAC.
 
-Every pixel of the predicted mask is a correspondence: its class id (bits > 0.5, the first
-channel the most significant) gives the 3D class point (NaN points become the origin, the
+Every pixel of the predicted mask is a correspondence: its class id (bits with
+sigmoid(logit) > 0.5 in float32, the official test: a logit in (0, 9e-8] has a sigmoid of
+exactly 0.5 and is a 0; the first channel the most significant) gives the 3D class point (NaN points become the origin, the
 pair is kept), its position maps back through the crop's final box with integer
 truncation. The official solver, Progressive-X, is not installable here; we use the
 official code's own fallback, OpenCV EPnP inside RANSAC (2 px, 150 iterations), seeded.
@@ -21,8 +22,8 @@ MIN_POINTS = 6
 def correspondences(mask_logit: torch.Tensor, code_logit: torch.Tensor, class_points: np.ndarray,
                     box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(3D points [n,3], image pixels [n,2]) of one crop's outputs ([1,h,w], [bits,h,w])."""
-    mask = (mask_logit[0] > 0).cpu().numpy()
-    bits = (code_logit > 0).cpu().numpy()
+    mask = (torch.sigmoid(mask_logit[0]) > 0.5).cpu().numpy()
+    bits = (torch.sigmoid(code_logit) > 0.5).cpu().numpy()
     rows, cols = np.nonzero(mask)
     ids = bits_to_ids(bits[:, rows, cols].T)
     points = np.nan_to_num(class_points[ids], nan=0.0)

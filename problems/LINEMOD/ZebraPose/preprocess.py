@@ -36,6 +36,22 @@ def pad_box(box: Box, padding: float) -> Box:
     return int(cx - bw / 2), int(cy - bh / 2), bw, bh
 
 
+def _square(box: Box) -> Box:
+    """`crop_square_resize`'s square as the official code computes it: the box's shorter side
+    widened about its centre to the longer one, each edge truncated toward zero by int().
+    A negative edge that is not an integer is truncated up, so that square is one pixel
+    narrower than max(w, h) (its width is what the PnP mapping uses)."""
+    x, y, w, h = box
+    x1, y1, x2, y2 = x, y, x + w, y + h
+    cx, cy = 0.5 * (x1 + x2), 0.5 * (y1 + y2)
+    if h > w:
+        x1, x2 = cx - h / 2, cx + h / 2
+    else:
+        y1, y2 = cy - w / 2, cy + w / 2
+    x1, y1, x2, y2 = int(x1), int(y1), int(x2), int(y2)
+    return x1, y1, x2 - x1, y2 - y1
+
+
 def final_box(box: Box, method: str, image_size: tuple[int, int]) -> Box:
     """The box a crop actually covers (`get_final_Bbox`): what maps pixels back for PnP."""
     x, y, w, h = box
@@ -43,19 +59,31 @@ def final_box(box: Box, method: str, image_size: tuple[int, int]) -> Box:
         height, width = image_size
         x1, y1 = max(x, 0), max(y, 0)
         return x1, y1, max(min(x + w, width) - x1, 1), max(min(y + h, height) - y1, 1)
-    side = max(w, h, 1)
-    return int(x + 0.5 * w - side / 2), int(y + 0.5 * h - side / 2), side, side
+    return _square(box)
 
 
-def crop(image: np.ndarray, box: Box, size: int, interpolation: int) -> np.ndarray:
-    """The final `box` of `image` resized to size x size; zeros where it leaves the image."""
-    x, y, w, h = box
+def crop(image: np.ndarray, box: Box, method: str, size: int, interpolation: int) -> np.ndarray:
+    """The crop of `box` (the padded box) by `method`, resized to size x size.
+
+    `crop_resize`: the box clipped to the image. `crop_square_resize`, index for index as
+    the official code: a zero canvas of side max(w, h), the image pasted at the truncated
+    square's offset; where truncation narrowed the square, the canvas's last column (or
+    row) stays black."""
     height, width = image.shape[:2]
-    patch = np.zeros((h, w, *image.shape[2:]), image.dtype)
-    x1, y1, x2, y2 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
-    if x2 > x1 and y2 > y1:
-        patch[y1 - y:y2 - y, x1 - x:x2 - x] = image[y1:y2, x1:x2]
-    return cv2.resize(patch, (size, size), interpolation=interpolation)
+    if method == "crop_resize":
+        x, y, w, h = final_box(box, method, (height, width))
+        return cv2.resize(image[y:y + h, x:x + w], (size, size), interpolation=interpolation)
+    side = max(box[2], box[3])
+    x1, y1, w, h = _square(box)
+    x2, y2 = x1 + w, y1 + h
+    canvas = np.zeros((side, side, *image.shape[2:]), image.dtype)
+    left, x1 = max(-x1, 0), max(x1, 0)
+    right = left + min(width - x1, x2 - x1)
+    top, y1 = max(-y1, 0), max(y1, 0)
+    bottom = top + min(height - y1, y2 - y1)
+    x2, y2 = min(x2, width), min(y2, height)
+    canvas[top:bottom, left:right] = image[y1:y2, x1:x2]
+    return cv2.resize(canvas, (size, size), interpolation=interpolation)
 
 
 def normalize(bgr: np.ndarray) -> torch.Tensor:

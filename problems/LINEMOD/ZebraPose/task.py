@@ -58,13 +58,14 @@ class Crops:
         self.data, self.inp = data, cfg["input"]
 
     def image(self, image: np.ndarray, box) -> tuple[torch.Tensor, tuple]:
+        """The normalised crop of the padded `box` and the final box it covers (for PnP)."""
         final = final_box(box, self.inp["resize"], image.shape[:2])
-        return normalize(crop(image, final, self.inp["size"], cv2.INTER_LINEAR)), final
+        return normalize(crop(image, box, self.inp["resize"], self.inp["size"], cv2.INTER_LINEAR)), final
 
-    def targets(self, inst: Instance, final) -> tuple[torch.Tensor, torch.Tensor]:
-        size = self.inp["size"] // 2
-        mask = crop(self.data.mask(inst).astype(np.uint8), final, size, cv2.INTER_NEAREST)
-        ids = crop(self.data.codes(inst).astype(np.int32), final, size, cv2.INTER_NEAREST)
+    def targets(self, inst: Instance, box) -> tuple[torch.Tensor, torch.Tensor]:
+        size, method = self.inp["size"] // 2, self.inp["resize"]
+        mask = crop(self.data.mask(inst).astype(np.uint8), box, method, size, cv2.INTER_NEAREST)
+        ids = crop(self.data.codes(inst).astype(np.int32), box, method, size, cv2.INTER_NEAREST)
         code = ids_to_bits(ids, self.data.bits).transpose(2, 0, 1)
         return torch.from_numpy(mask.astype(np.float32)), torch.from_numpy(code.astype(np.float32))
 
@@ -100,8 +101,8 @@ class TrainCrops(Dataset):
             inst = pool[int(rng.integers(len(pool)))]
             image = color_augment(self.data.image(inst), rng, inp["color_p"])
             box = jitter_box(inst.bbox_visib, rng, inp["box_scale"], inp["box_shift"], inp["padding"])
-            tensor, final = self.crops.image(image, box)
-            mask, code = self.crops.targets(inst, final)
+            tensor, _ = self.crops.image(image, box)
+            mask, code = self.crops.targets(inst, box)
             items.append({"obj": self.data.models[obj].name, "image": tensor, "mask": mask, "code": code})
         return {"index": index, "items": items}
 
