@@ -64,8 +64,18 @@ def test_ptq_of_every_scheme_on_two_ranks(storage, float_model):
             assert set(r["bits"]) == set(results["uniform@4"]["bits"])  # every layer gets bits
     traces = json.loads((exp / "ptq" / "traces.json").read_text())
     assert set(traces) == {"loss", "output_float", "output_quant", "fisher_overall", "fisher_critical"}
-    assert all(v > 0 for v in traces["fisher_overall"].values())  # squared gradients
-    assert "| 4 |" in (exp / "tables" / "detr_ptq.md").read_text() and "25.90" in out.stdout
+    # 4 images over 2 ranks: 4 samples of every layer, pooled, each trace with its error
+    assert all(t["samples"] == 4 and t["se"] >= 0 for s in traces.values() for t in s.values())
+    assert all(t["trace"] > 0 for t in traces["fisher_overall"].values())  # squared gradients
+    table = (exp / "tables" / "detr_ptq.md").read_text()
+    assert "| 4 |" in table and "25.90" in out.stdout
+    # every Hutchinson scheme with a negative or unsure trace says so, in the log and under the table
+    for scheme in ("loss", "output_float", "output_quant"):
+        negative = sum(t["trace"] < 0 for t in traces[scheme].values())
+        unsure = sum(abs(t["trace"]) <= 1.96 * t["se"] for t in traces[scheme].values())
+        line = (f"traces of {scheme}: {negative} of {len(traces[scheme])} traces negative, {unsure} not "
+                "significant (|trace| < 1.96 standard errors); ptq.negative_traces: abs uses |trace|")
+        assert (line in out.stdout and f"- {line}" in table) == bool(negative or unsure), scheme
 
 
 def test_fisher_qat_with_and_without_the_regularizer_then_resumed(storage, float_model):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from quantlab.sensitivity.hessian import block_quadratic_forms, hutchinson_traces
+from quantlab.sensitivity.hessian import block_quadratic_forms, hutchinson_samples, hutchinson_traces
 from quantlab.sensitivity.ilp import Problem, solve
 from quantlab.sensitivity.omega import omega
 
@@ -156,3 +156,86 @@ def test_average_bit_allocation_keeps_the_range_and_the_average(target):
                for combo in itertools.product(bits, repeat=len(counts))
                if sum(counts[l] * b for l, b in zip(counts, combo)) <= target * total)
     assert alloc.objective == pytest.approx(best[0])
+
+
+def test_an_allocation_is_never_over_its_budget_by_the_solvers_tolerance():
+    """A budget a fraction of a bit below the best allocation's size: HiGHS took that
+    allocation as feasible within its tolerance (99 of 100 such cases before the check, up
+    to 0.3 bits over). Now the size is checked and the ILP solved again below the budget."""
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        counts = {f"l{i}": int(rng.integers(100_000, 3_000_000)) for i in range(20)}
+        sens = {l: {b: float(rng.uniform(1, 2) * 4.0 ** -b) for b in (2, 4, 8)} for l in counts}
+        size = {l: {b: float(c * b) for b in (2, 4, 8)} for l, c in counts.items()}
+        best = solve(Problem(sens, size, 4.0 * sum(counts.values())))
+        budget = best.size - rng.uniform(0.01, 0.3)
+        got = solve(Problem(sens, size, budget))
+        assert got.size <= budget and got.size == sum(size[l][b] for l, b in got.bits.items())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_budget_just_below_a_reachable_size_still_gets_the_exact_optimum(seed):
+    """Brute force, exactly within the budget, where the budget sits 0.3 bits below the
+    sizes of allocations that would be better."""
+    rng = np.random.default_rng(100 + seed)
+    layers = [f"l{i}" for i in range(5)]
+    counts = {l: int(rng.integers(50_000, 500_000)) for l in layers}
+    sens = {l: {b: float(rng.random() * 10 / 2 ** b) for b in (2, 4, 8)} for l in layers}
+    size = {l: {b: float(counts[l] * b) for b in (2, 4, 8)} for l in layers}
+    reachable = sorted({sum(size[l][b] for l, b in zip(layers, combo))
+                        for combo in itertools.product((2, 4, 8), repeat=len(layers))})
+    for budget in (reachable[len(reachable) // 3] - 0.3, reachable[len(reachable) // 2] - 0.3):
+        problem = Problem(sens, size, budget)
+        cost, bits = min((sum(sens[l][b] for l, b in zip(layers, combo)), combo)
+                         for combo in itertools.product((2, 4, 8), repeat=len(layers))
+                         if sum(size[l][b] for l, b in zip(layers, combo)) <= budget)
+        got = solve(problem)
+        assert got.size <= budget and got.objective == pytest.approx(cost, rel=1e-12)
+
+
+def test_a_trace_carries_its_standard_error_pooled_over_ranks():
+    """Two ranks' samples pooled from their averaged moments equal the statistics of all
+    samples at once (numpy's mean and standard error of the mean)."""
+    from quantlab.sensitivity.traces import moments, pooled
+    rank0 = {"a": np.array([1.0, 3.0, -2.0]), "b": np.array([5.0, 5.0, 5.0])}
+    rank1 = {"a": np.array([0.5, 4.0, 1.5]), "b": np.array([5.0, 5.0, 5.0])}
+    averaged = {k: (moments(rank0)[k] + moments(rank1)[k]) / 2 for k in moments(rank0)}
+    traces = pooled(averaged, ranks=2)
+    every = np.concatenate([rank0["a"], rank1["a"]])
+    assert traces["a"].value == pytest.approx(every.mean()) and traces["a"].samples == 6
+    assert traces["a"].se == pytest.approx(every.std(ddof=1) / np.sqrt(6))
+    assert traces["b"].value == 5.0 and traces["b"].se == 0.0 and traces["b"].significant
+    assert not traces["a"].significant  # 1.33 +- 0.84: |mean| < 1.96 standard errors
+
+
+def test_a_negative_trace_sends_its_layer_to_the_lowest_bits_only_when_taken_raw():
+    """Layers a (trace -4) and b (trace 1), each 100 weights, errors 4^-b per weight
+    (so Omega = trace / 100 x 100 x 4^-b), 6 average bits over bits 4 / 8. Raw, a's
+    negative trace rewards error: a gets 4 bits and b 8. With |trace| (abs), a is the more
+    sensitive layer and gets the 8 bits; clamped, a counts as insensitive: 4 bits."""
+    from quantlab.sensitivity.ilp import average_bits
+    from quantlab.sensitivity.traces import Trace, summary, used
+    traces = {"a": Trace(-4.0, 0.5, 10), "b": Trace(1.0, 0.1, 10)}
+    counts = {"a": 100, "b": 100}
+
+    def allocate(rule):
+        taken = used(traces, rule)
+        sens = {k: {b: taken[k] * 4.0 ** -b for b in (4, 8)} for k in traces}
+        return average_bits(sens, counts, 6.0).bits
+    assert allocate("raw") == {"a": 4, "b": 8} and allocate("abs") == {"a": 8, "b": 4}
+    assert allocate("clamp") == {"a": 4, "b": 8}
+    assert used(traces, "clamp") == {"a": 0.0, "b": 1.0} and used(traces, "abs") == {"a": 4.0, "b": 1.0}
+    assert summary(traces, "abs", "ptq.negative_traces") == (
+        "1 of 2 traces negative, 0 not significant (|trace| < 1.96 standard errors); ptq.negative_traces: abs "
+        "uses |trace|")
+    assert summary({"b": traces["b"]}, "abs", "k") is None
+
+
+def test_hutchinson_samples_give_one_value_per_batch_and_their_mean_is_the_trace():
+    model, loss, x, y = tiny()
+    weights = {"0": model[0].weight, "2": model[2].weight}
+    found = hutchinson_samples(weights, [loss, loss, loss], 4, seed=2)
+    assert all(v.shape == (3,) for v in found.values())  # three batches: one mean of 4 vectors each
+    assert hutchinson_traces(weights, [loss, loss, loss], 4, seed=2) == {k: float(v.mean()) for k, v in found.items()}
+    single = hutchinson_samples(weights, [loss], 5, seed=2)
+    assert all(v.shape == (5,) for v in single.values())  # one batch: its vectors are the samples

@@ -19,10 +19,12 @@ from quantlab.modes import Mode, publish
 from quantlab.mqat.tables import nearest_point
 from quantlab.quant.editing import layer_rules, quantizable_weights
 from quantlab.quant.layers import FLOAT_BITS
+from quantlab.quant.qat import inq_finishes
 from quantlab.records import Table, TableSpec, read_json
-from quantlab.sensitivity.hessian import hutchinson_traces
+from quantlab.sensitivity.hessian import hutchinson_samples
 from quantlab.sensitivity.ilp import Problem, solve
 from quantlab.sensitivity.omega import flat, omega, per_layer
+from quantlab.sensitivity.traces import moments, pooled, summary, used
 
 
 def allocation(ctx: RunContext) -> dict:
@@ -38,10 +40,13 @@ def allocation(ctx: RunContext) -> dict:
     def loss_of(batch):
         return lambda: sum(task.loss(task.forward(model, batch), batch).values())
     closures = [loss_of(to_device(b, ctx.device)) for b in itertools.islice(loader, settings["batches"])]
-    local = hutchinson_traces(flat(tensors), closures, settings["samples"], ctx.cfg["seed"] + ctx.world.rank)
-    traces = dist.allreduce_mean(per_layer(local), name="hawq.traces")
+    local = hutchinson_samples(flat(tensors), closures, settings["samples"], ctx.cfg["seed"] + ctx.world.rank)
+    traces = pooled(dist.allreduce_mean(moments(per_layer(local)), name="hawq.traces"), ctx.world.size)
+    note = summary(traces, settings["negative_traces"], "hawq.negative_traces")
+    if note:
+        ctx.say(f"HAWQ-V3 traces: {note}")
     bits = sorted(settings["bits"])
-    sensitivity = omega(tensors, traces, bits)
+    sensitivity = omega(tensors, used(traces, settings["negative_traces"]), bits)
     counts = {name: sum(t.numel() for t in ts) for name, ts in tensors.items()}
     size = {name: {b: float(n * b) for b in bits} for name, n in counts.items()}
     total = sum(p.numel() for p in model.parameters())
@@ -56,8 +61,8 @@ def allocation(ctx: RunContext) -> dict:
     compression = float_bits / (chosen.size + rest_bits)
     ctx.say(f"HAWQ-V3 allocation over {len(tensors)} layers at >= {settings['min_compression']}x: "
             f"{shares(chosen.bits)}; compression {compression:.2f}x")
-    return {"traces": traces, "sensitivity": sensitivity, "bits": chosen.bits, "objective": chosen.objective,
-            "compression": compression}
+    return {"traces": {layer: t.record() for layer, t in traces.items()}, "trace_note": note,
+            "sensitivity": sensitivity, "bits": chosen.bits, "objective": chosen.objective, "compression": compression}
 
 
 def shares(bits: dict[str, int]) -> str:
@@ -69,6 +74,8 @@ def run_hawq(ctx: RunContext) -> dict:
     """The allocation (`hawq/allocation.json`), then QAT at its bits in the child `qat`;
     a resumed run keeps a finished allocation and continues the QAT child."""
     settings = ctx.cfg["hawq"]
+    if settings["algorithm"] == "inq":
+        inq_finishes(ctx.cfg["quantize"]["inq_schedule"], settings["epochs"], "hawq.epochs")
     result = read_json(ctx.logbook.root / "hawq" / "allocation.json")
     if not result:
         result = allocation(ctx)
@@ -111,7 +118,7 @@ def table(folder: Path, task, cfg: dict) -> Table:
                      *nearest_point(task.published, method, 1.0 if method == "float" else budget)])
     return Table("hawq", f"HAWQ-V3 at >= {budget:g}x, {metric} (paper: its point nearest the budget)",
                  ["method", "bits per layer", "compression", "ours", "ours change", "paper compression", "paper"],
-                 rows)
+                 rows, [f"HAWQ-V3 traces: {found['trace_note']}"] if found.get("trace_note") else [])
 
 
 TABLES = (TableSpec("hawq", "hawq", table),)

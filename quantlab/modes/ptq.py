@@ -31,10 +31,11 @@ from quantlab.modes import WORKER, Child, Mode, publish, task_tables
 from quantlab.quant.editing import layer_rules, quantizable_weights
 from quantlab.quant.layers import FLOAT_BITS
 from quantlab.quant.quantizers import symmetric_linear
-from quantlab.sensitivity.fisher import fisher_traces
-from quantlab.sensitivity.hessian import hutchinson_traces
+from quantlab.sensitivity.fisher import fisher_samples
+from quantlab.sensitivity.hessian import hutchinson_samples
 from quantlab.sensitivity.ilp import average_bits
 from quantlab.sensitivity.omega import flat, omega, per_layer
+from quantlab.sensitivity.traces import Trace, moments, pooled, summary, used
 
 SCHEMES = ("uniform", "loss", "output_float", "output_quant", "fisher_overall", "fisher_critical")
 #: the optional task hook each scheme needs (quantlab.engine.task)
@@ -60,9 +61,10 @@ def sample(task: object, count: int, seed: int) -> list[int]:
 
 
 def scheme_traces(ctx: RunContext, scheme: str, model: torch.nn.Module, tensors: dict[str, list[torch.Tensor]],
-                  indices: list[int]) -> dict[str, float]:
-    """This rank's per-layer traces of `scheme` over its share of `indices` (one image a
-    batch), averaged over ranks."""
+                  indices: list[int]) -> dict[str, dict]:
+    """The per-layer traces of `scheme` over `indices` (one image a batch, split over the
+    ranks, pooled), each with its standard error (quantlab.sensitivity.traces); the log
+    says when some are negative or not significant."""
     task, settings, world = ctx.task, ctx.cfg["ptq"], ctx.world
     data = task.dataset("train", train=False)
     batches = [to_device(task.collate([data[i]]), ctx.device) for i in indices[world.rank::world.size]]
@@ -87,16 +89,21 @@ def scheme_traces(ctx: RunContext, scheme: str, model: torch.nn.Module, tensors:
     for t in weights.values():
         t.requires_grad_(True)  # frozen layers (DETR's stem and layer1) get a trace too
     if scheme.startswith("fisher"):
-        local = fisher_traces(weights, closures)
+        local = fisher_samples(weights, closures)
     else:
-        local = hutchinson_traces(weights, closures, settings["samples"], ctx.cfg["seed"] + world.rank)
+        local = hutchinson_samples(weights, closures, settings["samples"], ctx.cfg["seed"] + world.rank)
     for k, t in weights.items():
         t.requires_grad_(trainable[k])
     if saved is not None:
         with torch.no_grad():
             for k, t in weights.items():
                 t.copy_(saved[k])
-    return dist.allreduce_mean(per_layer(local), name=f"ptq.traces.{scheme}")
+    averaged = dist.allreduce_mean(moments(per_layer(local)), name=f"ptq.traces.{scheme}")
+    traces = pooled(averaged, world.size)
+    note = summary(traces, settings["negative_traces"], "ptq.negative_traces")
+    if note:
+        ctx.say(f"traces of {scheme}: {note}")
+    return {layer: trace.record() for layer, trace in traces.items()}
 
 
 def average_precision(bits: dict[str, int], counts: dict[str, int]) -> float:
@@ -113,7 +120,8 @@ def scheme_bits(scheme: str, target: int, tensors: dict[str, list[torch.Tensor]]
         raise ConfigError(f"config key 'ptq.ranges': no bit range for the target {target} "
                           f"(ranges for {sorted(settings['ranges'])})")
     low, high = settings["ranges"][target]
-    sens = omega(tensors, traces[scheme], list(range(low, high + 1)),
+    found = {layer: Trace.from_record(record) for layer, record in traces[scheme].items()}
+    sens = omega(tensors, used(found, settings["negative_traces"]), list(range(low, high + 1)),
                  settings["reference_bits"] if scheme == "output_quant" else None)
     try:
         return average_bits(sens, counts, float(target)).bits

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 
 
@@ -31,19 +32,29 @@ def block_quadratic_forms(loss: torch.Tensor, weights: dict[str, torch.Tensor],
     return {n: float((vectors[n] * h).sum()) for n, h in zip(names, hv)}
 
 
-def hutchinson_traces(weights: dict[str, torch.Tensor], loss_batches: Iterable[Callable[[], torch.Tensor]],
-                      samples: int, seed: int = 0) -> dict[str, float]:
-    """Estimated tr(H_l) of the loss averaged over the batches: `samples` Rademacher
-    vectors per batch, each batch's loss recomputed per vector (no graph is kept)."""
+def hutchinson_samples(weights: dict[str, torch.Tensor], loss_batches: Iterable[Callable[[], torch.Tensor]],
+                       samples: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Per-layer Hutchinson samples: one value per batch (the mean of v_l^T (H v)_l over
+    its `samples` Rademacher vectors, each recomputing the batch's loss: no graph is
+    kept), or one per vector when there is a single batch. A batch's vectors share its
+    loss, so the batch is the unit a standard error counts (quantlab.sensitivity.traces)."""
     generator = torch.Generator().manual_seed(seed)
-    totals = {n: 0.0 for n in weights}
-    count = 0
+    found: dict[str, list[list[float]]] = {n: [] for n in weights}
     for make_loss in loss_batches:
+        batch: dict[str, list[float]] = {n: [] for n in weights}
         for _ in range(samples):
             vectors = {n: rademacher(w, generator) for n, w in weights.items()}
             for n, value in block_quadratic_forms(make_loss(), weights, vectors).items():
-                totals[n] += value
-            count += 1
-    if count == 0:
-        raise ValueError("hutchinson_traces got no batch")
-    return {n: t / count for n, t in totals.items()}
+                batch[n].append(value)
+        for n in weights:
+            found[n].append(batch[n])
+    if not any(found.values()):
+        raise ValueError("hutchinson_samples got no batch")
+    return {n: np.array(v[0] if len(v) == 1 else [np.mean(b) for b in v]) for n, v in found.items()}
+
+
+def hutchinson_traces(weights: dict[str, torch.Tensor], loss_batches: Iterable[Callable[[], torch.Tensor]],
+                      samples: int, seed: int = 0) -> dict[str, float]:
+    """Estimated tr(H_l) of the loss averaged over the batches: `samples` Rademacher
+    vectors per batch (the mean of `hutchinson_samples`)."""
+    return {n: float(v.mean()) for n, v in hutchinson_samples(weights, loss_batches, samples, seed).items()}

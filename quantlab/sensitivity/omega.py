@@ -10,6 +10,8 @@ input and output projections): traces are estimated per tensor and summed per la
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from quantlab.quant.quantizers import symmetric_linear
@@ -20,9 +22,9 @@ def flat(tensors: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {f"{name}#{i}": t for name, ts in tensors.items() for i, t in enumerate(ts)}
 
 
-def per_layer(values: dict[str, float]) -> dict[str, float]:
-    """Per-tensor values of `flat` names summed back per layer."""
-    out: dict[str, float] = {}
+def per_layer(values: dict[str, Any]) -> dict[str, Any]:
+    """Per-tensor values of `flat` names (numbers, or arrays of samples) summed back per layer."""
+    out: dict[str, Any] = {}
     for key, v in values.items():
         layer = key.rsplit("#", 1)[0]
         out[layer] = out.get(layer, 0.0) + v

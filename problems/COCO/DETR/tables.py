@@ -9,12 +9,13 @@ from pathlib import Path
 
 from quantlab.metrics.intervals import Evidence
 from quantlab.quant.layers import FLOAT_BITS
-from quantlab.records import Table, TableSpec, read_json
+from quantlab.records import Table, TableSpec, finished
+from quantlab.sensitivity.traces import Trace, summary
 
 
 def detr_ptq(folder: Path, task, cfg: dict) -> Table:
     metric, schemes = task.best_metric, cfg["ptq"]["schemes"]
-    results, evidence = read_json(folder / "ptq" / "results.json"), Evidence(folder, task, cfg)
+    results, evidence = finished(folder / "ptq" / "results.json"), Evidence(folder, task, cfg)
     reference = results.get(f"float@{FLOAT_BITS}", {}).get("evaluation")
     paper = task.published.get("detr_ptq", {})
     targets = sorted({r["target"] for r in results.values() if r["scheme"] != "float"}, reverse=True)
@@ -30,13 +31,17 @@ def detr_ptq(folder: Path, task, cfg: dict) -> Table:
             theirs = paper.get(label, {}).get(scheme) if show else None
             row += [evidence.estimate(ours, entry.get("evaluation"), metric, reference), theirs]
         rows.append(row)
-    return Table("detr_ptq", f"Weight-only PTQ, {metric} by average bits (float row: uniform columns)", header, rows)
+    rule = cfg["ptq"]["negative_traces"]
+    notes = [f"traces of {scheme}: {note}" for scheme, records in finished(folder / "ptq" / "traces.json").items()
+             if (note := summary({k: Trace.from_record(r) for k, r in records.items()}, rule, "ptq.negative_traces"))]
+    return Table("detr_ptq", f"Weight-only PTQ, {metric} by average bits (float row: uniform columns)", header, rows,
+                 notes)
 
 
 def detr_fisher(folder: Path, task, cfg: dict) -> Table:
     metric, critical, schemes = task.best_metric, task.critical_metric, cfg["fisher"]["schemes"]
-    results = read_json(folder / "fisher" / "results.json")
-    start = read_json(folder / "fisher" / "allocations.json").get("float", {})
+    results = finished(folder / "fisher" / "results.json")
+    start = finished(folder / "fisher" / "allocations.json").get("float", {})
     reference, base, evidence = start.get("evaluation"), start.get("metrics", {}), Evidence(folder, task, cfg)
     rows = [["float", None, float(FLOAT_BITS), evidence.estimate(base.get(metric), reference, metric),
              evidence.estimate(base.get(critical), reference, critical), None, None, None]]
