@@ -95,14 +95,14 @@ def test_tiny_mqat_writes_the_zebrapose_table(lm_storage):
     out = run(main_cmd("--mode", "mqat", sets=sets), lm_storage, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     exp = exp_dir(lm_storage, 1)
-    result = json.loads((exp / "mqat" / "result.json").read_text())
-    assert result["compression"] >= 4.0 and set(result["bits"]) == {"backbone", "decoder"}
+    [point] = json.loads((exp / "mqat" / "result.json").read_text())["points"]
+    assert point["compression"] >= 4.0 and set(point["bits"]) == {"backbone", "decoder"}
     # the decoder's transposed convolutions are quantized with the rest of their module
-    final = load(Path(result["experiment"]) / "saves" / "last.pt")
+    final = load(Path(point["experiment"]) / "saves" / "last.pt")
     layers = {r["layer"]: r for r in final["quant_layers"]}
     for name in ("ape.net.aspp.upsample_1.0", "eggbox.net.aspp.upsample_2.0"):
-        if result["bits"]["decoder"] != 32:
-            assert layers[name]["type"] == "ConvTranspose2d" and layers[name]["bits"] == result["bits"]["decoder"]
+        if point["bits"]["decoder"] != 32:
+            assert layers[name]["type"] == "ConvTranspose2d" and layers[name]["bits"] == point["bits"]["decoder"]
     baselines = json.loads((exp / "mqat" / "baselines.json").read_text())
     assert [row["budget"] for row in baselines["hawq"]] == [4.0, 4.6]
     assert all(row["compression"] >= row["budget"] for row in baselines["hawq"])

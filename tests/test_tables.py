@@ -3,6 +3,9 @@ run configuration worked by hand."""
 import json
 from types import SimpleNamespace
 
+import numpy as np
+import pytest
+
 from problems.SwissCube.tables import DEPTH
 from quantlab.engine.config import child_config
 from quantlab.engine.optim import inq_multiplier
@@ -24,8 +27,11 @@ def experiment(tmp_path):
     two = {"bits": {"backbone": 32, "fpn": 2}, "metric": 50.0, "delta": -10.0}
     (mqat / "cube.json").write_text(json.dumps({"float_metric": 60.0, "cube": [two]}))
     (mqat / "result.json").write_text(json.dumps({
-        "bits": {"backbone": 8, "fpn": 2}, "order": ["fpn", "backbone"], "metric": 55.0, "compression": 7.0,
-        "metrics": {"A/near": 58.0, "A/all": 55.0}, "float_metrics": {"A/near": 61.0, "A/all": 60.0}}))
+        "order": ["fpn", "backbone"], "float_metrics": {"A/near": 61.0, "A/all": 60.0}, "points": [
+            {"budget": 4.0, "bits": {"backbone": 8, "fpn": 2}, "metric": 55.0, "compression": 7.0,
+             "metrics": {"A/near": 58.0, "A/all": 55.0}},
+            {"budget": 8.0, "bits": {"backbone": 4, "fpn": 2}, "metric": 51.0, "compression": 12.0,
+             "metrics": {"A/near": 53.0, "A/all": 51.0}}]}))
     (mqat / "baselines.json").write_text(json.dumps({
         "float_finetune": 58.0,
         "ablation": {"module": "fpn", "rows": [{"bits": 8, "metric": 59.0, "compression": 1.5}]},
@@ -52,13 +58,17 @@ def test_tables_put_ours_beside_the_papers_numbers(tmp_path):
                                         ["32", "2", "50.0", "-10.0", "75.0", "5.0"]]
     assert rows(folder, "module_bits")[1:] == [["FP", "1.0", "60.0", "70.0"], ["FP fine-tuned", "1.0", "58.0", ""],
                                                ["8", "1.5", "59.0", "69.0"]]
-    # MQAT at 7x is set beside the paper's nearest point (8x); no paper point: empty; each
-    # method's difference from MQAT (bare: these records keep no per-image results)
+    # one MQAT row per budget, each beside the paper's point nearest it (7x: 8x; 12x: 8x);
+    # no paper point: empty; each method's difference from MQAT's first point, the one of
+    # the smallest budget (bare: these records keep no per-image results)
     assert rows(folder, "compression")[1:] == [["float", "FP", "1.0", "60.0", "5.0", "", ""],
                                                ["float fine-tuned", "FP", "1.0", "58.0", "3.0", "", ""],
                                                ["LSQ uniform", "4", "7.5", "40.0", "-15.0", "", ""],
-                                               ["MQAT", "8-2 (fpn > backbone)", "7.0", "55.0", "", "8.0", "72.0"]]
-    # depth bins in T-A1's order; bins neither side has are empty
+                                               ["MQAT", "8-2 (fpn > backbone)", "7.0", "55.0", "", "8.0", "72.0"],
+                                               ["MQAT", "4-2 (fpn > backbone)", "12.0", "51.0", "-4.0", "8.0",
+                                                "72.0"]]
+    assert "- ours - MQAT: the paired difference from MQAT's point of the smallest budget (>= 4x)" in text
+    # depth bins in T-A1's order (MQAT: the point of the smallest budget); bins neither side has are empty
     assert rows(folder, "depth")[0] == ["model", "source", "near", "medium", "far", "all"]
     assert rows(folder, "depth")[1:] == [["float", "ours", "61.0", "", "", "60.0"],
                                          ["float", "paper", "80.0", "", "", "70.0"],
@@ -81,10 +91,40 @@ def test_inq_multiplier_resets_at_each_step_and_decays_two_epochs_later():
 
 def test_child_training_is_laid_over_training_entry_by_entry():
     cfg = {"quantize": {"init": None, "rules": [], "child_training": {"lr": 0.5, "schedule": {"type": "inq"}}},
-           "training": {"lr": 0.1, "epochs": 60, "schedule": {"type": "cosine", "warmup_epochs": 1}}}
+           "training": {"lr": 0.1, "epochs": 60, "schedule": {"type": "cosine", "warmup_epochs": 1}},
+           "engine": {"select_split": "validation"}}
     child = child_config(cfg, "float.pt", [{"modules": "fpn", "algorithm": "inq", "bits": 2}], 3)
     assert child["training"] == {"lr": 0.5, "epochs": 3, "schedule": {"type": "inq", "warmup_epochs": 1}}
     assert child["quantize"]["init"] == "float.pt" and cfg["training"]["lr"] == 0.1
+    # a search reads a child's last epoch: the child evaluates no selection split
+    assert child["engine"]["select_split"] == "none" and cfg["engine"]["select_split"] == "validation"
+
+
+def test_the_compression_figure_draws_the_tables_cells_and_every_paper_point(tmp_path):
+    """T-A4 as a figure: our MQAT points at 7x and 12x joined, with their intervals as error
+    bars; LSQ's one point; the paper's two MQAT points dashed; float as a horizontal line."""
+    import matplotlib.pyplot as plt
+    from quantlab.metrics.intervals import Estimate
+    from quantlab.mqat.figures import draw
+    from quantlab.records import Table
+    table = Table("compression", "t", ["method", "bits", "compression", "ours"], [
+        ["float", "FP", 1.0, Estimate(60.0, replicates=np.array([58.0, 62.0]))],
+        ["LSQ uniform", "4", 7.5, Estimate(40.0, replicates=np.array([37.0, 43.0]))],
+        ["MQAT", "8-2", 7.0, Estimate(55.0, replicates=np.array([52.0, 58.0]))],
+        ["MQAT", "4-2", 12.0, 51.0]])
+    fig, ax = plt.subplots()
+    draw(ax, table, PUBLISHED, "A/all")
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    bars = {c.get_label(): c for c in ax.containers}
+    mqat = bars["MQAT (ours)"].lines[0]
+    assert list(mqat.get_xdata()) == [7.0, 12.0] and list(mqat.get_ydata()) == [55.0, 51.0]
+    assert list(bars["LSQ uniform (ours)"].lines[0].get_xdata()) == [7.5] and "HAWQ-V3 (ours)" not in bars
+    assert list(lines["MQAT (paper)"].get_xdata()) == [4.0, 8.0] and lines["MQAT (paper)"].get_linestyle() == "--"
+    segments = bars["MQAT (ours)"].lines[2][0].get_segments()
+    # interval [51.1, 57.9] (the 2.5th / 97.5th percentiles of 52 and 58); a bare value has none
+    assert segments[0][:, 1] == pytest.approx([52.15, 57.85]) and segments[1][0, 1] == segments[1][1, 1] == 51.0
+    assert lines["float (ours)"].get_ydata()[0] == 60.0
+    plt.close(fig)
 
 
 def test_detr_fisher_table_orders_schemes_and_measures_changes_against_float(tmp_path):

@@ -127,9 +127,14 @@ def recorded_tables(ctx: RunContext) -> list[TableSpec]:
 
 def publish(ctx: RunContext, specs: tuple[TableSpec, ...] | list[TableSpec]) -> str:
     """Build the tables from the experiment's records (one per seed, then combined over
-    the seeds), write them under `tables/` (main rank), print them and return their Markdown."""
+    the seeds), write them under `tables/` (main rank) with the figures of those the paper
+    draws (`tables/<name>.png`), print them and return their Markdown."""
     tables = [over_seeds([spec.build(root, ctx.task, ctx.cfg) for root in record_roots(ctx)]) for spec in specs]
     markdown = save_tables(ctx.logbook.root, tables, ctx.world.is_main)
+    if ctx.world.is_main:
+        for spec, table in zip(specs, tables):
+            if spec.figure is not None:
+                spec.figure(table, ctx.task, ctx.logbook.root / "tables" / f"{table.name}.png")
     ctx.say(f"\n{markdown}\n\ntables written to {ctx.logbook.root / 'tables'}")
     return markdown
 

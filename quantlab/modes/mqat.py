@@ -1,6 +1,7 @@
 """--mode mqat: modular QAT end to end. The module cube (--mode cube), the flow (by the
-cube's ranking, or every order), the bit plan under `mqat.min_compression`, staged QAT of
-every planned assignment in the flow (the best is the result), the baselines the tables
+cube's ranking, or every order), the bit plan under each budget of `mqat.min_compression`,
+staged QAT of every planned assignment in the flow (the best within each budget is that
+budget's result: one point of T-A4 each), the baselines the tables
 compare it with, then the tables. Everything runs as resumable child experiments, in four
 parts that separate jobs may share (`--worker`): the cube, the exhaustive flow's orders,
 the bit search's candidates (after both) and the baselines (beside them)."""
@@ -15,7 +16,7 @@ from quantlab.errors import ConfigError
 from quantlab.modes import WORKER, Child, Mode, publish, task_tables
 from quantlab.modes.cube import cube, cube_children, ledger
 from quantlab.modes.hawq import run_hawq
-from quantlab.mqat.runner import FINETUNE, candidate_key, staged
+from quantlab.mqat.runner import FINETUNE, StagedRuns, candidate_key, staged
 from quantlab.mqat.search import bit_search, exhaustive_flow, model_size, plan_bits
 from quantlab.mqat.tables import TABLES
 from quantlab.quant.editing import pattern_of, quantizable_weights
@@ -41,9 +42,12 @@ def run(ctx: RunContext) -> None:
     weights, rest = module_weights(ctx.cfg, ctx.task)
     float_size = model_size({m: FLOAT_BITS for m in modules}, weights, rest)
     lowest = float_size / model_size({m: min(settings["grid"]) for m in modules}, weights, rest)
-    if lowest < settings["min_compression"]:  # before any run: no assignment of the grid can fit
-        raise ConfigError(f"config key 'mqat.min_compression': {settings['min_compression']:g}x is out of reach "
-                          f"(every module at {min(settings['grid'])} bits of mqat.grid gives {lowest:.2f}x)")
+    budgets = sorted(set(settings["min_compression"]))
+    if not budgets or lowest < budgets[-1]:  # before any run: no assignment of the grid can fit
+        raise ConfigError(f"config key 'mqat.min_compression': {budgets[-1] if budgets else 'no budget'}"
+                          f"{'x' if budgets else ''} is out of reach (every module at {min(settings['grid'])} "
+                          f"bits of mqat.grid gives {lowest:.2f}x)")
+    StagedRuns(ctx)  # checks the stages' settings before any child runs
     jobs = Jobs(ctx, "mqat", tuple(PARTS))
     done = ledger(jobs, ctx)
     if jobs.stops_after("baselines"):
@@ -62,28 +66,31 @@ def run(ctx: RunContext) -> None:
             return
     else:
         order, flow_evidence = found.ranking, [{"ranking": found.singles}]
-    plan = plan_bits(modules, settings["grid"], weights, rest, settings["min_compression"], found,
-                     settings["tolerance"])
+    plans = {b: plan_bits(modules, settings["grid"], weights, rest, b, found, settings["tolerance"]) for b in budgets}
     ctx.logbook.write_json("mqat/flow.json", {"order": order, "mode": settings["flow"], "evidence": flow_evidence})
-    ctx.logbook.write_json("mqat/bit_plan.json", {"assignments": plan.assignments, "full_grid": plan.full_grid,
-                                                  "fixed": plan.fixed, "weights": weights, "rest": rest})
-    ctx.say(f"flow {' -> '.join(order)}; bit search: {len(plan.assignments)} runs instead of the full grid's "
-            f"{plan.full_grid} (pinned to the lowest bits: {plan.fixed or 'none'})")
+    ctx.logbook.write_json("mqat/bit_plan.json", {"budgets": [
+        {"budget": b, "assignments": p.assignments, "full_grid": p.full_grid, "fixed": p.fixed}
+        for b, p in plans.items()], "weights": weights, "rest": rest})
+    for budget, plan in plans.items():
+        ctx.say(f"flow {' -> '.join(order)}; bit search at >= {budget:g}x: {len(plan.assignments)} runs instead of "
+                f"the full grid's {plan.full_grid} (pinned to the lowest bits: {plan.fixed or 'none'})")
     with jobs.part("bits"):
-        bits, evidence = bit_search(plan, order, staged(ctx, done))
+        searched = {b: bit_search(p, order, staged(ctx, done)) for b, p in plans.items()}
     if jobs.stops_after("bits"):
         return
-    best = done.entries[candidate_key(bits, order)]
     floats = done.entries[candidate_key({m: FLOAT_BITS for m in modules}, None)]
-    result = {"bits": bits, "order": order, "metric": best["metric"], "metrics": best.get("metrics", {}),
-              "float_metric": found.float_metric, "float_metrics": floats.get("metrics", {}),
-              "evaluation": best.get("evaluation"), "float_evaluation": floats.get("evaluation"),
-              "compression": float_size / model_size(bits, weights, rest), "experiment": best["experiment"],
-              "candidates": evidence}
-    ctx.logbook.write_json("mqat/result.json", result)
-    ctx.say(f"MQAT: bits {', '.join(f'{m} {b}' for m, b in bits.items())}, flow {' -> '.join(order)}: "
-            f"{ctx.task.best_metric} {result['metric']:.2f} (float {found.float_metric:.2f}) at "
-            f"{result['compression']:.2f}x compression")
+    points = []
+    for budget, (bits, evidence) in searched.items():
+        best = done.entries[candidate_key(bits, order)]
+        points.append({"budget": budget, "bits": bits, "metric": best["metric"], "metrics": best.get("metrics", {}),
+                       "evaluation": best.get("evaluation"), "experiment": best["experiment"],
+                       "compression": float_size / model_size(bits, weights, rest), "candidates": evidence})
+        ctx.say(f"MQAT at >= {budget:g}x: bits {', '.join(f'{m} {b}' for m, b in bits.items())}, flow "
+                f"{' -> '.join(order)}: {ctx.task.best_metric} {best['metric']:.2f} (float {found.float_metric:.2f}) "
+                f"at {points[-1]['compression']:.2f}x compression")
+    ctx.logbook.write_json("mqat/result.json", {
+        "order": order, "float_metric": found.float_metric, "float_metrics": floats.get("metrics", {}),
+        "float_evaluation": floats.get("evaluation"), "points": points})
     baselines(ctx, done, weights, rest)
     publish(ctx, TABLES + task_tables(ctx, "mqat"))
 
@@ -134,8 +141,8 @@ def _baselines(ctx: RunContext, done: Claimed, weights: dict[str, int], rest: in
     for budget in settings["hawq"]:
         name = f"hawq-{budget:g}x"
         cfg = overlaid(ctx.cfg, {"hawq": {"min_compression": budget}})
-        hawq = done.obtain(name, lambda: {k: v for k, v in run_hawq(ctx.child(name, cfg)).items()
-                                          if k in ("metric", "compression", "bits", "experiment", "evaluation")})
+        hawq = done.obtain(name, lambda: {k: v for k, v in run_hawq(ctx.child(name, cfg)).items() if k in (
+            "metric", "compression", "bits", "experiment", "evaluation", "trace_note")})
         if hawq is not None:
             out["hawq"].append({"budget": budget, **hawq})
     return out
@@ -150,9 +157,10 @@ def mqat_children(cfg: dict, task) -> list[Child]:
     if settings["flow"] == "exhaustive":
         children += [Child("flow", ">".join(o), epochs * len(o)) for o in itertools.permutations(modules)]
     weights, rest = module_weights(cfg, task)
-    plan = plan_bits(modules, settings["grid"], weights, rest, settings["min_compression"])
-    children += [Child("bits", "-".join(str(b[m]) for m in modules),
-                       epochs * sum(b[m] != FLOAT_BITS for m in modules)) for b in plan.assignments]
+    candidates = {"-".join(str(b[m]) for m in modules): b for budget in sorted(set(settings["min_compression"]))
+                  for b in plan_bits(modules, settings["grid"], weights, rest, budget).assignments}
+    children += [Child("bits", name, epochs * sum(b[m] != FLOAT_BITS for m in modules))
+                 for name, b in candidates.items()]
     if base["ablation_module"] is not None:
         children += [Child("baselines", f"{base['ablation_module']}@{b}", epochs) for b in base["ablation_bits"]]
     if base["float_finetune"]:

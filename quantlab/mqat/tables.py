@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantlab.metrics.intervals import Evidence
+from quantlab.mqat.figures import compression_figure
 from quantlab.quant.layers import FLOAT_BITS
 from quantlab.records import Table, TableSpec, read_json
 
@@ -85,20 +86,34 @@ def compression(folder: Path, task, cfg: dict) -> Table:
     for row in base.get("hawq", []):
         ours.append(("HAWQ-V3", "per layer", row["compression"], row.get("metric"), row.get("evaluation"),
                      row["budget"]))
-    if result:
-        ours.append(("MQAT", bits_label(result["bits"], modules) + " (" + " > ".join(result["order"]) + ")",
-                     result["compression"], result["metric"], result.get("evaluation"), result["compression"]))
+    points = result.get("points", [])
+    for point in points:
+        ours.append(("MQAT", bits_label(point["bits"], modules) + " (" + " > ".join(result["order"]) + ")",
+                     point["compression"], point["metric"], point.get("evaluation"), point["compression"]))
+    # the differences are taken from the MQAT point of the smallest budget (the paper's headline)
+    head = headline(result)
     rows = []
-    for method, bits, ratio, value, where, target in ours:
-        versus = evidence.change(value, where, result.get("metric"), result.get("evaluation"), metric) \
-            if method != "MQAT" else None
+    for index, (method, bits, ratio, value, where, target) in enumerate(ours):
+        versus = evidence.change(value, where, head.get("metric"), head.get("evaluation"), metric) \
+            if index != len(ours) - len(points) else None  # not against itself
         rows.append([method, bits, ratio, evidence.estimate(value, where, metric, reference), versus,
                      *nearest_point(published, method, target)])
+    notes = [f"HAWQ-V3 at {row['budget']:g}x traces: {row['trace_note']}" for row in base.get("hawq", [])
+             if row.get("trace_note")]
+    if len(points) > 1:
+        notes.insert(0, f"ours - MQAT: the paired difference from MQAT's point of the smallest budget "
+                        f"(>= {head['budget']:g}x)")
     return Table("compression", f"Accuracy vs compression, {metric} (paper: its point of the method "
                  "nearest our compression, or HAWQ-V3's budget)", ["method", f"bits ({'-'.join(modules)})",
                                                                    "compression", "ours", "ours - MQAT",
-                                                                   "paper compression", "paper"], rows)
+                                                                   "paper compression", "paper"], rows, notes)
+
+
+def headline(result: dict) -> dict:
+    """The MQAT point of the smallest budget (T-A1's `WDR*`, T-A6's MQAT row): {} until
+    `--mode mqat` has written its result."""
+    return (result.get("points") or [{}])[0]
 
 
 TABLES = (TableSpec("cube", "mqat", cube), TableSpec("module_bits", "mqat", module_bits),
-          TableSpec("compression", "mqat", compression))
+          TableSpec("compression", "mqat", compression, compression_figure))
