@@ -25,8 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: the choices of `ptq.negative_traces` and `hawq.negative_traces`
-SIGN_RULES = ("abs", "clamp", "raw")
 #: a trace whose |value| is below Z standard errors is not significant (two-sided 95%)
 Z = 1.96
 
