@@ -105,8 +105,10 @@ def over_seeds(tables: list[Table]) -> Table:
             else:
                 row.append(" / ".join(_cell(v) for v in column))
         rows.append(row)
-    notes = list(dict.fromkeys(note for t in tables for note in t.notes))
-    return Table(first.name, first.title, first.header, rows, notes)
+    shared = [note for note in dict.fromkeys(n for t in tables for n in t.notes) if all(note in t.notes for t in tables)]
+    own = [f"(seed run {i + 1} of {len(tables)}) {note}" for i, t in enumerate(tables) for note in t.notes
+           if note not in shared]
+    return Table(first.name, first.title, first.header, rows, shared + own)
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def test_the_compression_figure_draws_the_tables_cells_and_every_paper_point(tmp
         ["float", "FP", 1.0, Estimate(60.0, replicates=np.array([58.0, 62.0]))],
         ["LSQ uniform", "4", 7.5, Estimate(40.0, replicates=np.array([37.0, 43.0]))],
         ["MQAT", "8-2", 7.0, Estimate(55.0, replicates=np.array([52.0, 58.0]))],
-        ["MQAT", "4-2", 12.0, 51.0]])
+        ["MQAT", "4-2", "11.00 / 13.00", 51.0]])  # over seeds: each seed's compression, drawn at their mean
     fig, ax = plt.subplots()
     draw(ax, table, PUBLISHED, "A/all")
     lines = {line.get_label(): line for line in ax.get_lines()}
@@ -146,3 +146,10 @@ def test_detr_fisher_table_orders_schemes_and_measures_changes_against_float(tmp
                           ["uniform", "0.01", 4.0, 36.0, 26.5, -4.0, -3.5, None],
                           ["fisher_critical", "0", 4.0, 37.0, 28.0, -3.0, -2.0, "fisher_overall"],
                           ["fisher_critical", "0.01", 4.0, 38.5, 31.0, -1.5, 1.0, None]]
+
+
+def test_notes_over_seeds_keep_a_shared_note_once_and_say_which_seed_run_a_note_is_from():
+    from quantlab.records import Table, over_seeds
+    tables = [Table("t", "t", ["a"], [[1.0]], ["shared", "seven negative"]),
+              Table("t", "t", ["a"], [[1.0]], ["shared", "three negative"])]
+    assert over_seeds(tables).notes == ["shared", "(seed run 1 of 2) seven negative", "(seed run 2 of 2) three negative"]
