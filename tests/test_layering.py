@@ -17,6 +17,8 @@ FORBIDDEN = {
     "quantlab.metrics": ("quantlab.engine", "quantlab.modes", "quantlab.mqat", "quantlab.sensitivity"),
     "quantlab.sensitivity": ("quantlab.engine", "quantlab.modes", "quantlab.mqat"),
     "quantlab.mqat": ("quantlab.modes", "quantlab.sensitivity"),
+    "quantlab.deploy": ("quantlab.engine", "quantlab.modes", "quantlab.mqat", "quantlab.sensitivity",
+                        "quantlab.campaign"),
     "quantlab.engine": ("quantlab.modes", "quantlab.mqat", "quantlab.sensitivity", "quantlab.campaign"),
     "quantlab.modes": ("quantlab.campaign",),
 }
@@ -89,7 +91,7 @@ def test_main_dispatches_without_knowing_a_mode():
 
 def test_every_mode_is_registered_with_its_own_section_file():
     from quantlab.modes import HERE, MODES
-    assert set(MODES) == {"train", "test", "export", "cube", "mqat", "hawq", "ptq", "fisher", "table"}
+    assert set(MODES) == {"train", "test", "export", "deploy", "cube", "mqat", "hawq", "ptq", "fisher", "table"}
     for mode in MODES.values():
         if mode.section:
             assert (HERE / f"{mode.section}.yaml").is_file(), mode.name

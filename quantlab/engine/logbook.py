@@ -141,11 +141,14 @@ class Logbook:
                 link_atomic(last, self.saves / "best.pt")
 
     def resolve(self, spec: str) -> Path:
-        """`last`, `best`, an epoch number, or a path to a checkpoint file."""
+        """`last`, `best`, an epoch number, `mqat` / `mqat:<budget>`, or a path to a
+        checkpoint file."""
         if spec in ("last", "best"):
             path = self.saves / f"{spec}.pt"
         elif spec.isdigit():
             path = self.epoch_path(int(spec))
+        elif spec == "mqat" or spec.startswith("mqat:"):
+            path = mqat_checkpoint(self.root, spec)
         else:
             path = Path(spec)
         if not path.is_file():
@@ -178,3 +181,18 @@ class Logbook:
         if self.writer:
             write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
         return path
+
+
+def mqat_checkpoint(root: Path, spec: str) -> Path:
+    """`mqat` (or `mqat:<budget>`): the last stage's checkpoint of the MQAT result at the
+    first (or that) budget that the experiment's `mqat/result.json` records."""
+    record = root / "mqat" / "result.json"
+    try:
+        points = json.loads(record.read_text()).get("points", []) if record.is_file() else []
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise CheckpointError(f"{record}: damaged record, not a JSON object ({exc})") from None
+    if spec.startswith("mqat:"):
+        points = [p for p in points if f"{p['budget']:g}" == spec[5:]]
+    if not points:
+        raise CheckpointError(f"{record}: no finished MQAT result for --ckpt {spec}")
+    return root / Path(points[0]["evaluation"]).parents[1] / "saves" / "last.pt"

@@ -45,6 +45,11 @@ WORKER = ("--worker", {"default": None, "metavar": "PART",
                                "job holds, then stop (a campaign's fan-out job)"})
 
 
+#: the option of the modes that read a checkpoint of a finished experiment
+CKPT = ("--ckpt", {"default": "best", "help": "for test / export / deploy: last, best, an epoch number, mqat or "
+                                              "mqat:<budget> (an MQAT search's result), or a file path"})
+
+
 @dataclass(frozen=True)
 class Mode:
     name: str

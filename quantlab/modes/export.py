@@ -5,8 +5,8 @@ from __future__ import annotations
 from quantlab.engine.context import RunContext
 from quantlab.engine.task import to_device
 from quantlab.errors import CheckpointError, shared
-from quantlab.modes import Mode
-from quantlab.modes.test import CKPT, loaded
+from quantlab.engine.reading import loaded
+from quantlab.modes import CKPT, Mode
 from quantlab.quant.export import export_integer
 from quantlab.quant.qdq import export_onnx
 
