@@ -11,7 +11,9 @@ float), deployed as `--mode deploy` does (quantlab.deploy.pipeline, activation r
 min-max over the example input) and timed at batch 1: torch eager fp32, onnxruntime fp32
 and onnxruntime int8 take turns in every round (`--runs` calls each); the ratio is int8
 over the faster fp32 runtime in that round, its median and range over the rounds. p50 and
-p90 are over every timed call. Inputs: Widedepth 512 x 512 (paper A), ZebraPose a 256 x 256
+p90 are over every timed call. file_MiB: the ONNX files, and beside torch the packed
+integer file (`model_int.pt`, weights at their own bits). float_share: the int8 model's
+kernel time in float operators (the float islands), from onnxruntime's profile. Inputs: Widedepth 512 x 512 (paper A), ZebraPose a 256 x 256
 crop (paper A), DETR-R50 800 x 800 (DETR's evaluation size; our synthetic images are
 square). The file is benchmarks/results/deploy-<machine>-<date>.md.
 """
@@ -42,6 +44,7 @@ from quantlab.deploy.memory import measure as peak_memory  # noqa: E402
 from quantlab.deploy.pipeline import FP32, INT8, deploy  # noqa: E402
 from quantlab.deploy.runtime import kind, time_shares  # noqa: E402
 from quantlab.quant.editing import Rule, apply_recipe  # noqa: E402
+from quantlab.quant.export import export_integer  # noqa: E402
 
 #: --set overrides on each topology's paper profile (qat_step's, DETR at its evaluation size)
 INPUTS = {"Widedepth": [], "ZebraPose": [],
@@ -50,8 +53,9 @@ INPUTS = {"Widedepth": [], "ZebraPose": [],
 BITS = {"Widedepth": {"backbone": 8, "fpn": 2, "head": 8}}
 
 
-def quantized_network(topology: str, root: Path) -> tuple[torch.nn.Module, dict]:
-    """The paper-size network with random weights, quantized, and its example input."""
+def quantized_network(topology: str, root: Path) -> tuple[torch.nn.Module, list[dict], dict]:
+    """The paper-size network with random weights, quantized, its recipe report and its
+    example input."""
     cfg, build_task = configure(topology, "paper", INPUTS[topology])
     task = build_task(cfg, root)
     task.prepare_data()
@@ -60,18 +64,19 @@ def quantized_network(topology: str, root: Path) -> tuple[torch.nn.Module, dict]
     skip = exclusions(task, cfg)
     rules = [Rule(g, "symmetric", BITS.get(topology, {}).get(g, 8), per_channel=True)
              for g in task.groups if g not in skip]
-    apply_recipe(model, rules, task.patterns, skip)
-    return model, task.export_inputs(task.example_batch())
+    recipe = apply_recipe(model, rules, task.patterns, skip)
+    return model, recipe, task.export_inputs(task.example_batch())
 
 
 def measure(topology: str, threads: int, rounds: int, runs: int) -> list[dict]:
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        model, inputs = quantized_network(topology, root / "data")
+        model, recipe, inputs = quantized_network(topology, root / "data")
         start = time.perf_counter()
         deployment = deploy(model, inputs, [{n: x.numpy() for n, x in inputs.items()}], "minmax")
         sizes = deployment.write(root)
+        sizes["model_int.pt"] = export_integer(model, root / "model_int.pt", recipe)
         build_s = time.perf_counter() - start
         timed = calls(deployment, root, threads)
         for call in timed.values():
@@ -101,12 +106,13 @@ def measure(topology: str, threads: int, rounds: int, runs: int) -> list[dict]:
     for label, name in zip(RUNTIMES, (None, FP32, INT8)):
         row = {"topology": topology, "input": image, "runtime": label, "p50_ms": float(np.percentile(samples[label], 50)),
                "p90_ms": float(np.percentile(samples[label], 90)), "session_MiB": memory[name]["session_mib"] if name else None,
-               "file_MiB": sizes[name] / 2 ** 20 if name else None}
+               "file_MiB": sizes[name or "model_int.pt"] / 2 ** 20}
         if name == INT8:
             row.update({"int8_over_best_fp32": statistics.median(ratios),
                         "ratio_range": f"{min(ratios):.2f}-{max(ratios):.2f}", "integer_kernels": integer,
                         "float_weight_ops": len(deployment.float_weight_nodes),
-                        "float_share": float_share, "float_islands": islands, "build_s": build_s})
+                        "float_share": f"{100 * float_share:.0f}%", "float_islands": islands or "-",
+                        "build_s": build_s})
         rows.append(row)
     return rows
 

@@ -191,7 +191,7 @@ def test_an_option_of_another_mode_is_refused_instead_of_ignored(storage):
     assert out.returncode == 2 and "--worker is an option of --mode cube, fisher, mqat, ptq, not of --mode train" \
         in out.stderr and not experiments(storage)
     out = run(main_cmd("--mode", "train", "--ckpt", "last"), storage)
-    assert out.returncode == 2 and "--ckpt is an option of --mode export, test, not of --mode train" in out.stderr
+    assert out.returncode == 2 and "--ckpt is an option of --mode deploy, export, test, not of --mode train" in out.stderr
 
 
 def test_a_missing_checkpoint_is_refused_before_the_data_is_generated(storage):

@@ -1,10 +1,12 @@
 """Activation ranges of the float graph over calibration batches, by onnxruntime's own
 calibrators.
 
-`minmax` (the default) keeps the extreme values seen, as the project's STE activation
-quantizers do: nothing a calibration batch produced is clipped. `percentile` clips the
-tail of a histogram instead (onnxruntime's HistogramCalibrater, 99.999% of the values),
-which helps when a few outliers stretch a range; it needs more batches to be stable.
+`percentile` (the default) keeps 99.999% of a histogram of the values (onnxruntime's
+HistogramCalibrater): one extreme value among millions no longer sets a tensor's step, so
+the bulk of the values gets finer steps. `minmax` keeps the extreme values seen, as the
+project's STE activation quantizers do, and clips nothing the calibration batches
+produced. On WDR `mini` (MQAT 8-2-8) percentile's deployed model scored -0.2 [-2.3, 1.9]
+against the fake-quant model, and minmax's +2.4 [0.2, 4.7] (README, "Deployment").
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ class _Batches(CalibrationDataReader):
 
 
 def tensor_ranges(model: onnx.ModelProto, batches: Iterable[dict[str, np.ndarray]],
-                  method: str = "minmax") -> dict[str, tuple[float, float]]:
+                  method: str = "percentile") -> dict[str, tuple[float, float]]:
     """(min, max) of every float activation tensor of `model` over `batches` (input name
     -> array)."""
     with tempfile.TemporaryDirectory() as folder:
