@@ -51,3 +51,13 @@ def simplified(model: bytes, level: ort.GraphOptimizationLevel) -> onnx.ModelPro
         options.log_severity_level = 3
         ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         return onnx.load(options.optimized_model_filepath)
+
+
+def replace_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
+    """`graph` with `nodes` as its nodes, and without the initializers none of them reads."""
+    del graph.node[:]
+    graph.node.extend(nodes)
+    read = {t for n in nodes for t in n.input}
+    kept = [t for t in graph.initializer if t.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)

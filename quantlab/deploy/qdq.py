@@ -28,6 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from quantlab.deploy.codes import fit_codes, max_abs_codes
+from quantlab.deploy.graph import replace_nodes
 from quantlab.deploy.lower import LayerCodes
 from quantlab.quant.layers import Grid
 
@@ -188,10 +189,8 @@ def integer_graph(model: onnx.ModelProto, layers: list[LayerCodes],
         (plan.layer_codes if layer is not None else plan.post_training).append(node.name)
         _integer_weights(node, codes, scale, data[node.name], weights, build)
     graph.initializer.extend(build.initializers)
-    order = list(graph.node)
-    del graph.node[:]
-    graph.node.extend(build.nodes + order)
-    return _sorted(model), plan
+    replace_nodes(graph, _sorted(build.nodes + list(graph.node)))
+    return model, plan
 
 
 def _place_pairs(graph: onnx.GraphProto, params: dict[str, Params], build: _Builder) -> None:
@@ -228,11 +227,9 @@ def _integer_weights(node: onnx.NodeProto, codes: np.ndarray, scale: np.ndarray,
         build.dequantize(name, bias_scale, np.zeros(scale.shape, np.int32), 0, node.input[2])
 
 
-def _sorted(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The graph's nodes in an order where every input is produced before it is read
-    (Kahn's algorithm, ties in the original order), without initializers nothing reads."""
-    graph = model.graph
-    nodes = list(graph.node)
+def _sorted(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """`nodes` in an order where every input is produced before it is read (Kahn's
+    algorithm, ties in the given order)."""
     producer = {t: i for i, n in enumerate(nodes) for t in n.output}
     waiting = [sum(1 for t in set(n.input) if t in producer) for n in nodes]
     readers: dict[str, list[int]] = defaultdict(list)
@@ -252,10 +249,4 @@ def _sorted(model: onnx.ModelProto) -> onnx.ModelProto:
     if len(ordered) != len(nodes):
         stuck = next(n for i, n in enumerate(nodes) if waiting[i] > 0)
         raise ValueError(f"integer graph: node {stuck.name} reads a tensor nothing produces")
-    del graph.node[:]
-    graph.node.extend(ordered)
-    read = {t for n in ordered for t in n.input}
-    keep = [t for t in graph.initializer if t.name in read]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    return model
+    return ordered

@@ -17,6 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from quantlab.deploy.codes import fit_codes
+from quantlab.deploy.graph import replace_nodes
 from quantlab.deploy.lower import LayerCodes
 
 
@@ -96,10 +97,5 @@ def rewrite(model: onnx.ModelProto, layers: list[LayerCodes]) -> tuple[onnx.Mode
             if layer.codes.shape == weight.shape and fit_codes(weight, layer.codes, 1) is not None:
                 codes, _ = rearranged(layer.codes, strides, pads)
                 layers[i] = LayerCodes(layer.name, codes, 0, layer.bits, layer.input_grid)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    used = {t for n in nodes for t in n.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    replace_nodes(graph, nodes)
     return model, layers
