@@ -12,23 +12,22 @@ FAST = ["deploy.runs=2", "deploy.warmup=0", "deploy.profile_runs=1", "deploy.cal
 
 
 def test_deploy_writes_an_integer_model_its_evaluations_and_the_table(storage):
-    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
-    qat = ["quantize.init=0", "training.lr=0.0",
+    qat = ["training.lr=0.0",
            "quantize.rules=[{modules: backbone, algorithm: lsq, bits: 4, per_channel: true, act_algorithm: lsq, "
            "act_bits: 8, act_signed: true}, {modules: fpn, algorithm: inq, bits: 2}, "
            "{modules: head, algorithm: symmetric, bits: 8, act_algorithm: ste, act_bits: 8}]",
            "quantize.inq_schedule={0: 0.5, 1: 1.0}"]
     assert run(main_cmd("--mode", "train", sets=qat), storage).returncode == 0
-    exp = exp_dir(storage, 1)
+    exp = exp_dir(storage, 0)
     # epoch 1 is half frozen: no integer weights, nothing written
-    half = run(main_cmd("--mode", "deploy", "--exp_id", "1", "--ckpt", "1", sets=FAST), storage)
+    half = run(main_cmd("--mode", "deploy", "--exp_id", "0", "--ckpt", "1", sets=FAST), storage)
     assert half.returncode != 0
     assert half.stderr.strip().splitlines()[-1].endswith(
         "epoch_0001.pt: layer fpn.inner_convs.2: INQ layer is 50% frozen; only a fully frozen layer has integer weights")
     assert not (exp / "deploy").exists()
     missing = run(main_cmd("--mode", "deploy", "--exp_id", "0", "--ckpt", "mqat", sets=FAST), storage)
     assert missing.returncode != 0 and "no finished MQAT result for --ckpt mqat" in missing.stderr
-    out = run(main_cmd("--mode", "deploy", "--exp_id", "1", "--ckpt", "last", sets=FAST), storage, ranks=2)
+    out = run(main_cmd("--mode", "deploy", "--exp_id", "0", "--ckpt", "last", sets=FAST), storage, ranks=2)
     assert out.returncode == 0, out.stdout + out.stderr
     folder = exp / "deploy" / "last"
     assert {p.name for p in folder.iterdir()} == {"model_fp32.onnx", "model_int8.onnx", "model_int.pt",

@@ -30,7 +30,7 @@ CONVERSIONS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeL
 #: kernels that only move, copy or select values: they run on whatever type they are given
 MOVEMENT = frozenset({"Transpose", "DepthToSpace", "SpaceToDepth", "Reshape", "Resize", "Shape", "Slice", "Concat",
                       "Gather", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Expand", "MaxPool", "Split",
-                      "ReorderInput", "ReorderOutput"})
+                      "ReorderInput", "ReorderOutput", "NhwcMaxPool"})
 #: float kernels with a weight: in a deployed model these should not remain
 FLOAT_WEIGHT_KERNELS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm",
                                   "FusedMatMul", "NchwcConv"})

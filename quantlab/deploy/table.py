@@ -8,7 +8,7 @@ from quantlab.metrics.intervals import Evidence
 from quantlab.records import Table, read_json
 from quantlab.deploy.runtime import kind
 
-HEADER = ["model", "runtime", "metric", "vs fake-quant", "vs float", "p50 ms", "p90 ms", "session MiB", "file MiB"]
+HEADER = ["model", "runtime", "metric", "vs torch model", "vs float", "p50 ms", "p90 ms", "session MiB", "file MiB"]
 
 
 def _mib(size: int | None) -> float | None:
@@ -19,7 +19,7 @@ def _rows(folder: Path, report: dict, evidence: Evidence, metric: str) -> list[l
     """float (where known), fake-quant, the same weights in torch eager and onnxruntime fp32,
     and the deployed int8 model; differences paired over the test images."""
     name, latency, sizes = report["name"], report["latency"], report["sizes"]
-    fake, reference = report["fake_quant"], report.get("reference")
+    fake, reference = report["torch"], report.get("reference")
     values = {e: read_json(folder / e / "metrics.json").get(metric)
               for e in (fake, report["float_graph"], report["deployed"], reference) if e}
 
@@ -37,8 +37,8 @@ def _rows(folder: Path, report: dict, evidence: Evidence, metric: str) -> list[l
     if reference:
         rows.append([f"{name}: float", "its evaluation", evidence.estimate(values[reference], reference, metric),
                      None, None, None, None, None, None])
-    rows.append([f"{name}: fake-quant", "torch, fake-quant", *scored(fake), None, None, None,
-                 _mib(sizes.get("model_int.pt"))])
+    rows.append([f"{name}: {'fake-quant' if report['quantized'] else 'float'}", "torch", *scored(fake), None, None,
+                 None, _mib(report.get("packed_size"))])
     rows.append([f"{name}: same weights", "torch eager fp32", None, None, None, *timed("torch eager fp32"), None])
     rows.append([f"{name}: same weights", "onnxruntime fp32", *scored(report["float_graph"]),
                  *timed("onnxruntime fp32"), _mib(sizes["model_fp32.onnx"])])
@@ -57,7 +57,8 @@ def _notes(report: dict) -> list[str]:
     integer = sum(n for op, n in ops.items() if kind(op) == "integer")
     floats = report["float_weight_nodes"]
     acts = report["activations"]
-    notes = [f"{report['name']}: {report['cpu']}, {report['threads']} threads, batch 1, input "
+    timed = f" ({report['timed']}'s network, one of {len(report['networks'])})" if report["timed"] else ""
+    notes = [f"{report['name']}{timed}: {report['cpu']}, {report['threads']} threads, batch 1, input "
              + ", ".join(f"{k} {'x'.join(map(str, v[0]))}" for k, v in report["input"].items())
              + f"; onnxruntime int8 / fp32 p50 = {int8 / fp32:.2f}",
              f"{report['name']}: {integer} integer kernels after onnxruntime's optimisation "

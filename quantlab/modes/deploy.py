@@ -39,8 +39,9 @@ def float_reference(ctx: RunContext) -> str | None:
 
 
 def calibration_batches(ctx: RunContext, names: list[str]) -> list[dict[str, np.ndarray]]:
-    """The first `deploy.calibration_batches` training batches, evaluation transforms."""
-    data = ctx.task.dataset("train", train=False)
+    """The first `deploy.calibration_batches` training batches of epoch 0, as training sees
+    them (ZebraPose's training crops exist only so)."""
+    data = ctx.task.dataset("train", train=True)
     size, count = ctx.cfg["training"]["batch_size"], ctx.cfg["deploy"]["calibration_batches"]
     batches = []
     for start in range(0, min(len(data), size * count), size):
@@ -59,6 +60,12 @@ def publish_folder(staging: Path, target: Path) -> None:
     os.replace(staging, target)
 
 
+def networks(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The networks a model deploys as, by name: each entry of a ModuleDict (ZebraPose's
+    one network per object, which the task calls by name), else the model itself ("")."""
+    return dict(model.items()) if isinstance(model, torch.nn.ModuleDict) else {"": model}
+
+
 def run(ctx: RunContext) -> None:
     trainer, source = loaded(ctx)
     try:
@@ -67,44 +74,37 @@ def run(ctx: RunContext) -> None:
         name = test_tag.removeprefix("test_")
         staging = ctx.logbook.root / "deploy" / f".{name}.partial"
         target = ctx.logbook.root / "deploy" / name
-
         made: dict = {}
 
         def stage() -> dict:
             inputs = ctx.task.export_inputs(ctx.task.example_batch())
+            batches = calibration_batches(ctx, list(inputs))
             try:
-                found = deploy(trainer.model, inputs, calibration_batches(ctx, list(inputs)),
-                               ctx.cfg["deploy"]["calibration"])
+                found = {part: deploy(net, inputs, batches, ctx.cfg["deploy"]["calibration"])
+                         for part, net in networks(trainer.model).items()}
             except CheckpointError as exc:
                 raise CheckpointError(f"{source}: {exc}") from None
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
-            made["deployment"], made["sizes"] = found, found.write(staging)
-            if found.layers:
-                made["sizes"]["model_int.pt"] = export_integer(trainer.model, staging / "model_int.pt",
-                                                               trainer.quant_layers)
-            return {"inputs": found.names, "spec": found.spec}
+            made["deployments"] = found
+            made["sizes"] = {part: deployment.write(staging / part) for part, deployment in found.items()}
+            if any(d.layers for d in found.values()):
+                made["packed"] = export_integer(trainer.model, staging / "model_int.pt", trainer.quant_layers)
+            return {part: (d.names, d.spec) for part, d in found.items()}
 
         built = dist.on_main(ctx.world, "deploy.build", stage)
         split = ctx.cfg["engine"]["eval_split"]
-        ctx.say(f"evaluating {source} on the {split} split: fake-quant (torch), onnxruntime fp32, onnxruntime int8")
+        ctx.say(f"evaluating {source} on the {split} split: torch, onnxruntime fp32, onnxruntime int8")
         trainer.evaluate(split, test_tag)
         for graph_file, tag in ((FP32, f"deploy_{name}_fp32"), (INT8, f"deploy_{name}")):
-            session = DeployedModel(staging / graph_file, built["inputs"], built["spec"], torch.get_num_threads())
-            evaluate(ctx, session, split, tag)
+            sessions = {part: DeployedModel(staging / part / graph_file, *found, torch.get_num_threads())
+                        for part, found in built.items()}
+            evaluate(ctx, sessions[""] if "" in sessions else torch.nn.ModuleDict(sessions), split, tag)
         if ctx.world.is_main:
-            found, settings = made["deployment"], ctx.cfg["deploy"]
-            measured = timings(found, staging, settings["threads"], settings["warmup"], settings["runs"],
-                               settings["profile_runs"])
-            plan = found.plan
             report = {"source": str(source), "name": name, "reference": reference,
-                      "fake_quant": f"eval/{test_tag}", "deployed": f"eval/deploy_{name}",
-                      "float_graph": f"eval/deploy_{name}_fp32", "sizes": made["sizes"],
-                      "operators": found.operators, "float_weight_nodes": found.float_weight_nodes,
-                      "layer_codes": len(plan.layer_codes), "post_training": plan.post_training,
-                      "activations": {"learned": plan.learned, "calibrated": plan.calibrated,
-                                      "calibration": ctx.cfg["deploy"]["calibration"]},
-                      "notes": plan.notes, **measured}
+                      "quantized": bool(trainer.quant_layers), "torch": f"eval/{test_tag}",
+                      "deployed": f"eval/deploy_{name}", "float_graph": f"eval/deploy_{name}_fp32",
+                      "packed_size": made.get("packed"), **measured(ctx, made, staging)}
             ctx.logbook.write_json(Path("deploy") / f".{name}.partial" / "report.json", report)
             publish_folder(staging, target)
             ctx.say(f"deployed {source} to {target}")
@@ -112,6 +112,20 @@ def run(ctx: RunContext) -> None:
         publish(ctx, TABLES)
     finally:
         trainer.close()
+
+
+def measured(ctx: RunContext, made: dict, staging: Path) -> dict:
+    """What the report says of the first network (all of a ZebraPose model's have one
+    architecture): its graph, its plan, its latency, memory and file sizes."""
+    part, found = next(iter(made["deployments"].items()))
+    settings, plan = ctx.cfg["deploy"], found.plan
+    return {"networks": list(made["deployments"]), "timed": part, "sizes": made["sizes"][part],
+            "operators": found.operators, "float_weight_nodes": found.float_weight_nodes,
+            "layer_codes": len(plan.layer_codes), "post_training": plan.post_training,
+            "activations": {"learned": plan.learned, "calibrated": plan.calibrated,
+                            "calibration": settings["calibration"]}, "notes": plan.notes,
+            **timings(found, staging / part, settings["threads"], settings["warmup"], settings["runs"],
+                      settings["profile_runs"])}
 
 
 TABLES = (TableSpec("deploy", "deploy", deploy_table),)
