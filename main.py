@@ -1,6 +1,7 @@
 """quantlab command line: train, quantize and test a problem/topology pair.
 
     horovodrun -np N python main.py --problem SwissCube --topology Widedepth --mode train
+    torchrun --nproc_per_node N main.py --problem SwissCube --topology Widedepth --mode train
     python main.py --problem SwissCube --topology Widedepth --mode test --exp_id 0 --ckpt best
 
 Parse, check, build the run context, dispatch: what each mode does is in quantlab/modes/.
@@ -74,7 +75,7 @@ def configure(args: argparse.Namespace) -> tuple[dict, Path, Path, list[str]]:
     """The checked configuration, the storage roots, and saved config keys a resume
     dropped; nothing is created but the logs root and its <problem>/<topology> folder
     (checked writable), and what the run reads and writes is checked: a continued
-    experiment's folders, the checkpoint --ckpt names. Runs before Horovod starts,
+    experiment's folders, the checkpoint --ckpt names. Runs before the ranks' backend starts,
     identically on every rank."""
     from quantlab.engine import preflight
     from quantlab.engine.config import build_config, resume_config
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, data_root, logs_root, dropped = configure(args)
     preflight.device(cfg["engine"]["device"])
     world = dist.init(cfg["engine"]["threads"], cfg["engine"]["stall_timeout"], cfg["engine"]["horovod"],
-                      on_cpu=dist.on_cpu(cfg["engine"]["device"]))
+                      on_cpu=dist.on_cpu(cfg["engine"]["device"]), backend=cfg["engine"]["backend"])
     progress.configure(cfg["engine"]["progress_interval"])
     device = dist.device_for(world, cfg["engine"]["device"])
     task = importlib.import_module(f"problems.{args.problem}.{args.topology}").build_task(cfg, data_root)
@@ -178,15 +179,14 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    import horovod.torch as hvd
-
+    from quantlab.engine.distributed import current_rank
     from quantlab.engine.process import report
     from quantlab.signals import Stopped, stop_on_signals
     stop_on_signals()
     try:
         return run(args)
     except (Exception, Stopped) as exc:
-        return report(exc, hvd.rank() if hvd.is_initialized() else None)
+        return report(exc, current_rank())
 
 
 if __name__ == "__main__":

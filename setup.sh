@@ -107,6 +107,22 @@ nccl_build_env() {
               HOROVOD_BUILD_CUDA_CC_LIST=75,80,86,89,90)
 }
 
+# A Horovod that does not build (a newer CUDA, NCCL or compiler than ours) leaves the
+# torchrun path: one line says so, set-up finishes, and .venv/bin/horovodrun becomes a
+# script that refuses in one line naming the fix.
+horovod_failed() {
+    local log=$1
+    say "Horovod $HOROVOD_VERSION did not build (log: $log): use torchrun --nproc_per_node N main.py ... (README, Several GPUs and several nodes)"
+    "${PIP[@]}" uninstall -y horovod >/dev/null 2>&1 || true
+    cat > "$VENV/bin/horovodrun" <<STUB
+#!/bin/sh
+echo "horovodrun: Horovod did not build on this machine (log: $log); launch with torchrun --nproc_per_node N main.py ..., or fix the build and run ./setup.sh again" >&2
+exit 1
+STUB
+    chmod +x "$VENV/bin/horovodrun"
+    HOROVOD_MISSING=1
+}
+
 ensure_horovod() {
     local gpu=$FLAVOUR
     if [ "$gpu" = auto ]; then
@@ -138,7 +154,7 @@ ensure_horovod() {
             "${ops[@]}" "${NCCL_ENV[@]}" MAKEFLAGS="-j$(nproc)" HOROVOD_BUILD_ARCH_FLAGS="" \
             "$VENV/bin/python" -m pip wheel -qq --no-build-isolation --no-deps -w "$dir.tmp" \
             "$work/horovod-$HOROVOD_VERSION" >"$work/build.log" 2>&1 \
-            || { tail -40 "$work/build.log" >&2; echo "Horovod build failed; full log: $work/build.log" >&2; exit 1; }
+            || { horovod_failed "$work/build.log"; return; }
         rm -rf "$dir" && mv "$dir.tmp" "$dir"
         rm -rf "$work"
     fi
@@ -151,6 +167,9 @@ ensure_slurm
 ensure_venv
 ensure_torch
 ensure_requirements
+HOROVOD_MISSING=0
 ensure_horovod
-"$VENV/bin/horovodrun" --check-build | grep -E "PyTorch|Gloo|MPI|NCCL" | sed 's/^/[setup] /'
+if [ "$HOROVOD_MISSING" = 0 ]; then
+    "$VENV/bin/horovodrun" --check-build | grep -E "PyTorch|Gloo|MPI|NCCL" | sed 's/^/[setup] /'
+fi
 say "ready: source $VENV/bin/activate"

@@ -1,11 +1,13 @@
-"""Training throughput of `-np 2` vs `-np 1` on the Widedepth mini profile, with the Horovod
-knobs of `engine.horovod` swept one at a time, beside the machine's own two-process ratio.
+"""Training throughput of 2 ranks vs 1 on the Widedepth mini profile, for both backends
+(Horovod under horovodrun, torch.distributed under torchrun), with the knobs of
+`engine.horovod` swept one at a time, beside the machine's own two-process ratio.
 
     .venv/bin/python benchmarks/horovod_scaling.py [--epochs 5] [--quick]
 
-Every run is a real `horovodrun` job on a throw-away storage root (logs/ stays clean), one
-torch thread per rank; the first epoch (warm-up) is skipped and images/s is the mean of
-the rest. Ratios are against `-np 1` with the defaults. The machine's ratio is two
+Every run is a real `horovodrun` or `torchrun` job on a throw-away storage root (logs/
+stays clean), one torch thread per rank; the first epoch (warm-up) is skipped and images/s
+is the mean of the rest. Ratios are against `1 rank` with the defaults, and for torchrun
+also against its own one-rank run. The machine's ratio is two
 independent single-thread processes (a conv forward + backward loop, no Horovod) over
 one: what two ranks could reach if nothing but compute mattered.
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LINE = re.compile(r"epoch (\d+)/\d+: [^(]*\(([\d.]+)s, ([\d.]+) img/s, peak (\d+) MiB\)")
 
-#: (label, ranks, controller, config overrides, what it shows)
+#: (label, ranks, controller (torchrun: the torchrun launcher), config overrides, what it shows)
 RUNS = [
     ("1 rank", 1, "mpi", [], "baseline"),
     ("2 ranks", 2, "mpi", [], "defaults (mpi_wait auto: yield on CPU)"),
@@ -36,14 +38,20 @@ RUNS = [
     ("2 ranks, fp16 gradients", 2, "mpi", ["engine.horovod.compression=fp16"], ""),
     ("2 ranks, 2 passes/step", 2, "mpi", ["engine.horovod.backward_passes_per_step=2"], "half the allreduces"),
     ("2 ranks, 1 loader worker", 2, "mpi", ["engine.workers=1"], "augmentation off the main process"),
+    ("torchrun: 1 rank", 1, "torchrun", [], "torch.distributed (gloo)"),
+    ("torchrun: 2 ranks", 2, "torchrun", [], "torch.distributed (gloo)"),
+    ("torchrun: 2 ranks, fp16 gradients", 2, "torchrun", ["engine.horovod.compression=fp16"], ""),
 ]
-QUICK = {"1 rank", "2 ranks", "2 ranks, MPI busy-polling"}
+QUICK = {"1 rank", "2 ranks", "2 ranks, MPI busy-polling", "torchrun: 1 rank", "torchrun: 2 ranks"}
 
 
 def train(ranks: int, controller: str, sets: list[str], epochs: int, storage: Path) -> dict:
-    """One horovodrun training job; images/s and seconds per epoch after the first, rank 0's peak RSS."""
-    cmd = [str(REPO / ".venv" / "bin" / "horovodrun"), "-np", str(ranks), "-H", f"localhost:{ranks}", f"--{controller}",
-           sys.executable, str(REPO / "main.py"), "--problem", "SwissCube", "--topology", "Widedepth",
+    """One horovodrun or torchrun training job; images/s and seconds per epoch after the
+    first, rank 0's peak RSS."""
+    launcher = ([str(REPO / ".venv" / "bin" / "torchrun"), "--nproc_per_node", str(ranks)] if controller == "torchrun"
+                else [str(REPO / ".venv" / "bin" / "horovodrun"), "-np", str(ranks), "-H", f"localhost:{ranks}",
+                      f"--{controller}", sys.executable])
+    cmd = [*launcher, str(REPO / "main.py"), "--problem", "SwissCube", "--topology", "Widedepth",
            "--set", f"training.epochs={epochs}", "--set", "engine.eval_every=0", "--set", "engine.threads=1"]
     for s in sets:
         cmd += ["--set", s]
@@ -82,7 +90,7 @@ def measure(epochs: int, quick: bool = False) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         storage = Path(tmp)
         (storage / "hard_storage.json").write_text(json.dumps({"data": str(REPO / "data"), "logs": "logs"}))
-        base = None
+        base = own = None
         for label, ranks, controller, sets, note in RUNS:
             if quick and label not in QUICK:
                 continue
@@ -94,8 +102,12 @@ def measure(epochs: int, quick: bool = False) -> list[dict]:
                 row["note"] = f"failed: {exc}"
             if label == "1 rank":
                 base = row["images_per_s"]
+            if label == "torchrun: 1 rank":
+                own = row["images_per_s"]
             if base and row["images_per_s"]:
                 row["ratio"] = row["images_per_s"] / base
+            if label.startswith("torchrun: 2") and own and row["images_per_s"]:
+                row["note"] = f"{row['note']}; x{row['images_per_s'] / own:.2f} its own 1 rank".lstrip("; ")
             rows.append(row)
     return rows
 
@@ -103,13 +115,13 @@ def measure(epochs: int, quick: bool = False) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--quick", action="store_true", help="only 1 rank, 2 ranks, and 2 ranks busy-polling")
+    p.add_argument("--quick", action="store_true", help="only 1 and 2 ranks per backend, and 2 ranks busy-polling")
     args = p.parse_args()
     for r in measure(args.epochs, args.quick):
         shown = "" if r["images_per_s"] is None else (
             f"{r['images_per_s']:7.1f} img/s  {r['seconds_per_epoch']:5.2f} s/epoch  peak {r['peak_rss_mib']:4.0f} MiB  ")
         ratio = "" if r["ratio"] is None else f"x{r['ratio']:.2f}  "
-        print(f"{r['label']:<28} {shown}{ratio}{r['note']}")
+        print(f"{r['label']:<34} {shown}{ratio}{r['note']}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from tests.conftest import REPO
 
 PY = sys.executable
 HOROVODRUN = str(Path(PY).with_name("horovodrun"))
+TORCHRUN = str(Path(PY).with_name("torchrun"))
 EXP = REPO / "problems"
 TINY_SET = [
     "data.root=SwissCube-tiny",
@@ -47,9 +48,12 @@ def main_cmd(*args: str, sets: list[str] = ()) -> list[str]:
     return cmd
 
 
-def run(cmd: list[str], storage: Path, ranks: int = 1, timeout: int = 240) -> subprocess.CompletedProcess:
+def run(cmd: list[str], storage: Path, ranks: int = 1, timeout: int = 240,
+        launcher: str = "horovodrun") -> subprocess.CompletedProcess:
     env = dict(os.environ, QUANTLAB_STORAGE=str(storage / "hard_storage.json"), PYTHONUNBUFFERED="1")
-    full = [PY, *cmd] if ranks == 1 else [HOROVODRUN, "-np", str(ranks), "-H", f"localhost:{ranks}", PY, *cmd]
+    full = [PY, *cmd] if ranks == 1 else (
+        [HOROVODRUN, "-np", str(ranks), "-H", f"localhost:{ranks}", PY, *cmd] if launcher == "horovodrun"
+        else [TORCHRUN, "--nproc_per_node", str(ranks), *cmd])
     return subprocess.run(full, env=env, capture_output=True, text=True, timeout=timeout, cwd=storage)
 
 

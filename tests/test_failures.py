@@ -15,7 +15,7 @@ import torch
 
 from quantlab.engine.logbook import Logbook
 from tests.conftest import REPO, config
-from tests.test_engine import HOROVODRUN, PY, exp_dir, load, main_cmd, run
+from tests.test_engine import HOROVODRUN, PY, TORCHRUN, exp_dir, load, main_cmd, run
 
 
 def experiments(storage: Path) -> list[Path]:
@@ -378,14 +378,17 @@ def processes_of(storage: Path) -> dict[int, list[bytes]]:
 
 
 def rank_pid(storage: Path, rank: int) -> int:
-    wanted = f"OMPI_COMM_WORLD_RANK={rank}".encode()
-    return next(pid for pid, env in processes_of(storage).items() if wanted in env)
+    """The pid of a rank, under horovodrun (Open MPI's variable) or torchrun (RANK)."""
+    wanted = (f"OMPI_COMM_WORLD_RANK={rank}".encode(), f"RANK={rank}".encode())
+    return next(pid for pid, env in processes_of(storage).items() if any(w in env for w in wanted))
 
 
 def start_job(storage: Path, launcher: str, sets: list[str]) -> subprocess.Popen:
     cmd = main_cmd("--mode", "train", sets=["training.epochs=500", *sets])
     full = {"horovodrun": [HOROVODRUN, "-np", "2", "-H", "localhost:2", PY, *cmd],
-            "launch.py": [PY, str(REPO / "systems" / "launch.py"), "laptop", "--", *cmd[1:]]}[launcher]
+            "torchrun": [TORCHRUN, "--nproc_per_node", "2", *cmd],
+            "launch.py": [PY, str(REPO / "systems" / "launch.py"), "laptop", "--", *cmd[1:]],
+            "launch.py torchrun": [PY, str(REPO / "systems" / "launch.py"), "laptop_torchrun", "--", *cmd[1:]]}[launcher]
     env = dict(os.environ, QUANTLAB_STORAGE=str(storage / "hard_storage.json"), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(full, env=env, cwd=storage, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = exp_dir(storage) / "saves" / "last.pt"
@@ -402,7 +405,8 @@ def end_all(storage: Path) -> None:
 
 
 @pytest.mark.parametrize("launcher, signum", [("horovodrun", signal.SIGTERM), ("horovodrun", signal.SIGINT),
-                                              ("launch.py", signal.SIGTERM)])
+                                              ("torchrun", signal.SIGTERM), ("torchrun", signal.SIGINT),
+                                              ("launch.py", signal.SIGTERM), ("launch.py torchrun", signal.SIGTERM)])
 def test_a_signal_to_the_launcher_stops_every_rank(storage, launcher, signum):
     proc = start_job(storage, launcher, [])
     try:
@@ -413,11 +417,31 @@ def test_a_signal_to_the_launcher_stops_every_rank(storage, launcher, signum):
         while processes_of(storage) and time.time() < deadline:
             time.sleep(0.1)
         assert not processes_of(storage), f"left running after {signum.name}: {sorted(processes_of(storage))}"
-        # the launcher passes the stop on to the ranks as SIGTERM; rank 0 says it was stopped
-        assert proc.returncode != 0 and "stopped by SIGTERM (rank 0)" in output, output
+        # horovodrun passes the stop on to the ranks as SIGTERM, torchrun as the signal it
+        # received; rank 0 says it was stopped
+        passed = signum.name if "torchrun" in launcher else "SIGTERM"
+        assert proc.returncode != 0 and f"stopped by {passed} (rank 0)" in output, output
     finally:
         end_all(storage)
     last = load(exp_dir(storage) / "saves" / "last.pt")  # what was saved is whole
+    assert last["epoch"] >= 1 and not list((exp_dir(storage) / "saves").glob(".*"))
+
+
+@pytest.mark.parametrize("launcher", ["horovodrun", "torchrun"])
+def test_a_rank_killed_outright_ends_the_job_within_seconds_and_the_checkpoint_stays_whole(storage, launcher):
+    proc = start_job(storage, launcher, [])
+    try:
+        os.kill(rank_pid(storage, 1), signal.SIGKILL)
+        started = time.time()
+        proc.communicate(timeout=60)
+        deadline = time.time() + 10
+        while processes_of(storage) and time.time() < deadline:
+            time.sleep(0.1)
+        assert proc.returncode != 0 and not processes_of(storage)
+        assert time.time() - started < 30
+    finally:
+        end_all(storage)
+    last = load(exp_dir(storage) / "saves" / "last.pt")
     assert last["epoch"] >= 1 and not list((exp_dir(storage) / "saves").glob(".*"))
 
 

@@ -22,3 +22,27 @@ def test_slurm_profile_expands_the_allocation(monkeypatch):
 def test_unknown_system_is_named():
     with pytest.raises(SystemExit, match="no such system.*laptop"):
         load("cluster9")
+
+
+def test_a_torchrun_profile_runs_torchrun_on_this_machine():
+    cmd = command(load("laptop_torchrun"), ["--problem", "SwissCube"])
+    assert cmd[0].endswith("torchrun") and cmd[1] == "--nproc_per_node=2"
+    assert cmd[2].endswith("main.py") and cmd[-2:] == ["--problem", "SwissCube"]
+
+
+def test_torchrun_on_slurm_runs_one_torchrun_per_node_meeting_on_the_first(monkeypatch):
+    import systems.launch as launch
+    monkeypatch.setattr(launch, "slurm_nodes", lambda: (["n1", "n2"], 8))
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    cmd = command(load("slurm_torchrun"), ["--problem", "SwissCube"])
+    assert cmd[:3] == ["srun", "--nodes=2", "--ntasks-per-node=1"] and cmd[3].endswith("torchrun")
+    assert {"--nnodes=2", "--nproc_per_node=8", "--rdzv_backend=c10d", "--rdzv_endpoint=n1:29500",
+            "--rdzv_id=4242"} <= set(cmd)
+    assert cmd[-2:] == ["--set", "engine.threads=4"]
+
+
+def test_an_unknown_launcher_is_named(tmp_path):
+    path = tmp_path / "odd.yaml"
+    path.write_text("ranks: 2\nhosts: localhost:2\nlauncher: mpiexec\ncontroller: mpi\nthreads_per_rank: 0\nenv: {}\n")
+    with pytest.raises(SystemExit, match="launcher must be horovodrun or torchrun, not 'mpiexec'"):
+        load(str(path))

@@ -1,7 +1,9 @@
-"""Horovod, wrapped once: ranks, state broadcast, gathers and per-rank data shards.
+"""Ranks, wrapped once: state broadcast, gathers, reductions and per-rank data shards.
 
-Every process path goes through Horovod; `python main.py` without a launcher is simply a
-world of size 1, so the same code runs on a laptop and on N GPUs across nodes.
+Every process path goes through one backend (quantlab.engine.backends): Horovod under
+horovodrun (the default launcher), torch.distributed under torchrun. `python main.py`
+without a launcher is simply a world of size 1, so the same code runs on a laptop and on
+N GPUs across nodes.
 """
 from __future__ import annotations
 
@@ -14,11 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
-import horovod.torch as hvd
 import torch
-from horovod.common.exceptions import HorovodInternalError
 
-from quantlab.errors import QuantlabError, shared
+from quantlab.engine import backends
+from quantlab.errors import ConfigError, QuantlabError, shared
 
 T = TypeVar("T")
 
@@ -71,6 +72,7 @@ class Watchdog:
 
 
 _watchdog: Watchdog | None = None
+_backend: backends.Horovod | backends.TorchDistributed | None = None
 
 
 def horovod_environment(settings: dict, on_cpu: bool) -> dict[str, str]:
@@ -91,15 +93,31 @@ def horovod_environment(settings: dict, on_cpu: bool) -> dict[str, str]:
     return env
 
 
-def init(threads: int, stall_timeout: float = 0, horovod: dict | None = None, on_cpu: bool = True) -> World:
-    """Start Horovod with the `engine.horovod` settings, fix the per-rank thread count (0 =
-    share the node's cores) and, with several ranks and `stall_timeout` > 0, watch every
-    wait for the other ranks."""
-    global _watchdog
-    if horovod is not None:
-        os.environ.update(horovod_environment(horovod, on_cpu))
-    hvd.init()
-    world = World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
+def init(threads: int, stall_timeout: float = 0, horovod: dict | None = None, on_cpu: bool = True,
+         backend: str = "auto") -> World:
+    """Start the ranks' backend (`engine.backend`; Horovod with the `engine.horovod`
+    settings), fix the per-rank thread count (0 = share the node's cores) and, with several
+    ranks and `stall_timeout` > 0, watch every wait for the other ranks. A process whose
+    launcher says it is one of several ranks but which finds itself alone (torchrun with
+    the Horovod backend, a Horovod that cannot reach its peers) is a one-line error, not a
+    run of its own on the whole data."""
+    global _watchdog, _backend
+    name = backends.chosen(backend)
+    if name == "horovod":
+        if horovod is not None:
+            os.environ.update(horovod_environment(horovod, on_cpu))
+        try:
+            _backend = backends.Horovod()
+        except RuntimeError as exc:
+            raise shared(ConfigError(str(exc))) from None
+    else:
+        _backend = backends.TorchDistributed(on_cpu)
+    world = World(*_backend.start(stall_timeout))
+    launched = backends.launched_size()
+    if launched is not None and launched[0] != world.size:
+        raise shared(ConfigError(
+            f"engine.backend: {launched[1]} started {launched[0]} ranks, but the {_backend.name} backend joined "
+            f"{world.size}; use engine.backend: auto (torch under torchrun, horovod under horovodrun)"))
     if threads <= 0:
         threads = max(1, (os.cpu_count() or 1) // world.local_size)
     torch.set_num_threads(threads)
@@ -107,6 +125,15 @@ def init(threads: int, stall_timeout: float = 0, horovod: dict | None = None, on
         _watchdog = Watchdog(world.rank, stall_timeout)
     return world
 
+
+def current_rank() -> int | None:
+    """This process's rank once a backend has started, else None."""
+    return _backend.rank() if _backend is not None and _backend.started() else None
+
+
+def backend_name() -> str | None:
+    """horovod or torch once started, else None."""
+    return None if _backend is None else _backend.name
 
 def waiting(name: str) -> contextlib.AbstractContextManager:
     """Mark a wait for the other ranks (a collective), which the watchdog times."""
@@ -129,9 +156,9 @@ def on_main(world: World, name: str, run: Callable[[], T]) -> T:
 
 
 def peer_failed(exc: BaseException) -> bool:
-    """Whether `exc` says another rank failed or left (Horovod shut its collectives down),
-    rather than that this rank's own work went wrong."""
-    return isinstance(exc, HorovodInternalError)
+    """Whether `exc` says another rank failed or left (the backend shut its collectives
+    down), rather than that this rank's own work went wrong."""
+    return _backend is not None and _backend.peer_failed(exc)
 
 
 def on_cpu(choice: str) -> bool:
@@ -149,12 +176,12 @@ def device_for(world: World, choice: str) -> torch.device:
 def broadcast_object(obj: Any, name: str) -> Any:
     """Rank 0's `obj` on every rank."""
     with waiting(name):
-        return hvd.broadcast_object(obj, root_rank=0, name=name)
+        return _backend.broadcast_object(obj, name)
 
 
 def allgather_object(obj: Any, name: str) -> list[Any]:
     with waiting(name):
-        return hvd.allgather_object(obj, name=name)
+        return _backend.allgather_object(obj, name)
 
 
 def broadcast_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -168,7 +195,7 @@ def broadcast_training_state(model: torch.nn.Module, optimizer: torch.optim.Opti
     weights, so a tested checkpoint would not be the one on disk.
     """
     with waiting("state.parameters"):
-        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        _backend.broadcast_tensors(model.state_dict())
     optimizer.load_state_dict(broadcast_object(_on_cpu(optimizer.state_dict()), name="state.optimizer"))
     for name, obj in stateful.items():
         state = broadcast_object(obj.state_dict(), name=f"state.{name}")
@@ -196,19 +223,15 @@ def average_buffers(model: torch.nn.Module) -> None:
     with waiting("buffers"):
         for name, buf in model.named_buffers():
             if buf.is_floating_point():
-                buf.copy_(hvd.allreduce(buf.detach(), op=hvd.Average, name=f"buffer.{name}"))
-
-
-COMPRESSIONS = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
+                buf.copy_(_backend.allreduce(buf, "mean", f"buffer.{name}"))
 
 
 def distributed_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module,
                           horovod: dict) -> torch.optim.Optimizer:
-    """Horovod's optimizer with `engine.horovod`'s gradient compression and accumulation
-    (`backward_passes_per_step` local backward passes before each allreduce)."""
-    return hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average,
-                                    compression=COMPRESSIONS[horovod["compression"]],
-                                    backward_passes_per_step=horovod["backward_passes_per_step"])
+    """The optimizer that averages gradients over ranks, with `engine.horovod`'s gradient
+    compression and accumulation (`backward_passes_per_step` local backward passes before
+    each allreduce), on either backend."""
+    return _backend.optimizer(optimizer, model, horovod["compression"], horovod["backward_passes_per_step"])
 
 
 def allreduce_mean(values: dict[str, float], name: str) -> dict[str, float]:
@@ -218,21 +241,20 @@ def allreduce_mean(values: dict[str, float], name: str) -> dict[str, float]:
     keys = sorted(values)
     tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
     with waiting(name):
-        reduced = hvd.allreduce(tensor, op=hvd.Average, name=name)
+        reduced = _backend.allreduce(tensor, "mean", name)
     return dict(zip(keys, reduced.tolist()))
 
 
 def allreduce_scalar(value: float, name: str) -> float:
     """The mean over ranks of one number each rank holds (all ranks must call it)."""
     with waiting(name):
-        return float(hvd.allreduce(torch.tensor([float(value)], dtype=torch.float64), op=hvd.Average, name=name))
+        return float(_backend.allreduce(torch.tensor([float(value)], dtype=torch.float64), "mean", name))
 
 
 def allreduce_statistic(value: torch.Tensor, reduction: str, name: str) -> torch.Tensor:
     """Combine a calibration statistic over ranks: "max" or "mean"."""
-    ops = {"max": hvd.Max, "mean": hvd.Average}
     with waiting(name):
-        return hvd.allreduce(value.detach(), op=ops[reduction], name=name)
+        return _backend.allreduce(value, reduction, name)
 
 
 def shard_batches(count: int, batch_size: int, world: World) -> list[list[int]]:

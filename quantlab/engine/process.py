@@ -12,14 +12,13 @@ import os
 import sys
 import traceback
 
-from horovod.common.exceptions import HorovodInternalError
-
+from quantlab.engine.distributed import peer_failed
 from quantlab.errors import QuantlabError
 from quantlab.signals import Stopped
 
 #: environment variables in which launchers give a process its rank (Horovod's Gloo
-#: launcher, Open MPI, MPICH and Intel MPI), read before Horovod starts
-RANK_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+#: launcher, Open MPI, MPICH and Intel MPI, torchrun), read before the backend starts
+RANK_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "RANK")
 
 
 def _stop_in(exc: BaseException | None) -> Stopped | None:
@@ -49,8 +48,8 @@ def report(exc: BaseException, rank: int | None) -> int:
         if speaks:
             print(f"stopped by {stop} (rank {shown})", file=sys.stderr, flush=True)
         return 128 + stop.signum
-    if isinstance(exc, HorovodInternalError):
-        first = str(exc).strip().split(". ")[0] or "Horovod shut down"
+    if peer_failed(exc):
+        first = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else "the backend shut down"
         print(f"rank {shown} stopped: {first} (another rank failed or left; its error is its own line)",
               file=sys.stderr, flush=True)
     elif isinstance(exc, QuantlabError):

@@ -1,0 +1,72 @@
+"""One rank of tests/test_backends.py: every collective the project uses, on values that
+differ by rank, with what this rank saw written to <out>/rank<r>.json.
+
+    horovodrun -np 2 -H localhost:2 python tests/collectives_worker.py OUT horovod
+    torchrun --nproc_per_node 2 tests/collectives_worker.py OUT torch
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from quantlab.engine import distributed as dist  # noqa: E402
+from quantlab.errors import CheckpointError  # noqa: E402
+
+
+def gradients_step(world: dist.World, compression: str, passes: int) -> list[float]:
+    """One SGD step of a linear model whose ranks see different data."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    optimizer = dist.distributed_optimizer(torch.optim.SGD(model.parameters(), lr=0.5), model,
+                                           {"compression": compression, "backward_passes_per_step": passes})
+    optimizer.zero_grad()
+    x = torch.arange(12.0).reshape(4, 3) * (world.rank + 1) / 10
+    for part in range(passes):
+        (model(x[part::passes]).square().mean() / passes).backward()
+    optimizer.synchronize()
+    with optimizer.skip_synchronize():
+        optimizer.step()
+    return [*model.weight.detach().flatten().tolist(), *model.bias.detach().tolist()]
+
+
+def main(out: Path, backend: str) -> None:
+    world = dist.init(1, stall_timeout=60, horovod={"cycle_time_ms": None, "fusion_threshold_mb": None,
+                                                    "mpi_wait": "auto"}, backend=backend)
+    seen: dict = {"rank": world.rank, "size": world.size, "backend": dist.backend_name()}
+    seen["broadcast"] = dist.broadcast_object({"from": world.rank}, "t.broadcast")
+    seen["gather"] = dist.allgather_object(world.rank * 10, "t.gather")
+    seen["mean"] = dist.allreduce_mean({"b": 2.0 * world.rank, "a": world.rank + 1.0}, "t.mean")
+    seen["scalar"] = dist.allreduce_scalar(world.rank, "t.scalar")
+    seen["max"] = dist.allreduce_statistic(torch.tensor([world.rank + 1.0]), "max", "t.max").tolist()
+    seen["stat_mean"] = dist.allreduce_statistic(torch.tensor([world.rank + 1.0]), "mean", "t.stat").tolist()
+    torch.manual_seed(world.rank)  # every rank starts elsewhere
+    model = nn.BatchNorm1d(2)
+    model.running_mean.fill_(float(world.rank))
+    seen["rank0_start"] = dist.broadcast_object(dist.state_digest(model) if world.is_main else None, "t.start")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    dist.broadcast_training_state(model, optimizer, {})
+    seen["after_broadcast"] = dist.state_digest(model)
+    model.running_mean.fill_(float(world.rank))
+    dist.average_buffers(model)
+    seen["buffers"] = model.running_mean.tolist()
+    seen["step"] = gradients_step(world, "none", 1)
+    seen["step_fp16"] = gradients_step(world, "fp16", 1)
+    seen["step_two_passes"] = gradients_step(world, "none", 2)
+
+    def fail() -> None:
+        raise CheckpointError("rank 0's verdict")
+    try:
+        dist.on_main(world, "t.verdict", fail)
+    except CheckpointError as exc:
+        seen["verdict"] = [str(exc), exc.shared]
+    (out / f"rank{world.rank}.json").write_text(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2])
