@@ -267,11 +267,13 @@ def test_cube_mode_runs_the_module_cube_as_child_runs_and_resumes(storage):
     assert {p: p.stat().st_mtime_ns for p in (exp / "children").rglob("last.pt")} == stamps
 
 
-def test_hawq_mode_allocates_bits_under_the_budget_and_trains_them(storage):
+@pytest.mark.parametrize("launcher", ["horovodrun", "torchrun"])
+def test_hawq_mode_allocates_bits_under_the_budget_and_trains_them(storage, launcher):
+    """A search (traces, an ILP, a child training) on 2 ranks, under either launcher."""
     assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
     sets = ["quantize.init=0", "hawq.epochs=1", "hawq.samples=2", "hawq.batches=1", "hawq.min_compression=6.0",
             r"quantize.exclude=['backbone\.features\.init_block\.conv']"]
-    out = run(main_cmd("--mode", "hawq", sets=sets), storage, ranks=2)
+    out = run(main_cmd("--mode", "hawq", sets=sets), storage, ranks=2, launcher=launcher)
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads((exp_dir(storage, 1) / "hawq" / "allocation.json").read_text())
     assert result["compression"] >= 6.0 and set(result["bits"].values()) <= {2, 4, 8}
