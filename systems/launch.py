@@ -118,7 +118,7 @@ def main() -> None:
         return
     # become the launcher (horovodrun, which becomes mpirun; torchrun; srun): a signal sent
     # to this process then reaches the launcher that stops every rank, instead of orphaning it
-    os.execve(cmd[0], cmd, {**os.environ, **{k: str(v) for k, v in system["env"].items()}})
+    os.execvpe(cmd[0], cmd, {**os.environ, **{k: str(v) for k, v in system["env"].items()}})
 
 
 if __name__ == "__main__":

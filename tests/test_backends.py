@@ -132,3 +132,35 @@ def test_without_horovod_one_process_and_torchrun_run_and_the_horovod_backend_is
     out = run(main_cmd("--mode", "test", "--exp_id", "0", sets=["engine.backend=horovod"]), storage)
     assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith(
         "error (rank 0): Horovod is not installed in this environment (Horovod did not build here)")
+
+
+from tests.test_campaign_e2e import slurm  # noqa: E402,F401  (the fixture: a real single-node Slurm)
+
+
+def test_a_slurm_job_runs_torchrun_through_srun_with_the_profiles_ranks(storage, slurm, tmp_path):  # noqa: F811
+    """systems/launch.py inside an sbatch job: srun starts one torchrun per node, which
+    starts the node's ranks ($SLURM_NTASKS_PER_NODE) meeting at the c10d rendezvous."""
+    import time
+
+    import yaml
+
+    from tests.test_engine import exp_dir, main_cmd
+    profile = tmp_path / "slurm_torchrun_one_node.yaml"
+    profile.write_text(yaml.safe_dump({"ranks": 0, "hosts": "slurm", "launcher": "torchrun", "controller": "gloo",
+                                       "threads_per_rank": 1, "env": {}}))
+    script = tmp_path / "job.sh"
+    args = " ".join(f"'{a}'" for a in main_cmd("--mode", "train", sets=["training.epochs=1"])[1:])
+    script.write_text(f"#!/bin/bash\nexec {PY} {REPO / 'systems' / 'launch.py'} {profile} -- {args}\n")
+    env = dict(os.environ, QUANTLAB_STORAGE=str(storage / "hard_storage.json"), PYTHONUNBUFFERED="1", **slurm)
+    log = tmp_path / "job.out"
+    submitted = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
+                                f"--output={log}", str(script)], env=env, capture_output=True, text=True, cwd=storage)
+    assert submitted.returncode == 0, submitted.stderr
+    deadline = time.monotonic() + 240
+    while subprocess.run(["squeue", "-h", "-j", submitted.stdout.strip()], env=env, capture_output=True,
+                         text=True).stdout.strip():
+        assert time.monotonic() < deadline, "the Slurm job did not finish in 240 s"
+        time.sleep(0.5)
+    text = log.read_text()
+    assert "(train, 2 ranks, profile mini)" in text, text
+    assert (exp_dir(storage) / "saves" / "last.pt").is_file()
