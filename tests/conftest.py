@@ -1,5 +1,5 @@
 """Shared fixtures: a tiny synthetic SwissCube set generated once per session, and a
-storage folder (data and logs roots) holding a copy of it."""
+storage folder (data and logs roots) holding a copy of it, and a real single-node Slurm."""
 from __future__ import annotations
 
 import json
@@ -38,3 +38,17 @@ def storage(tmp_path, tiny_root) -> Path:
     shutil.copytree(tiny_root, tmp_path / "data" / "SwissCube-tiny")
     (tmp_path / "hard_storage.json").write_text(json.dumps({"data": "data", "logs": "logs"}))
     return tmp_path
+
+
+@pytest.fixture()
+def slurm(tmp_path_factory) -> dict:
+    """A real single-node Slurm (systems/local_slurm.py) for one test: the environment
+    that points sbatch and squeue at it."""
+    from systems.local_slurm import SlurmUnavailable, start, stop
+    folder = tmp_path_factory.mktemp("slurm")
+    try:
+        env = start(folder)
+    except SlurmUnavailable as exc:
+        pytest.skip(f"Slurm cannot start here: {exc}")
+    yield env
+    stop(folder)

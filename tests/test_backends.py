@@ -134,10 +134,7 @@ def test_without_horovod_one_process_and_torchrun_run_and_the_horovod_backend_is
         "error (rank 0): Horovod is not installed in this environment (Horovod did not build here)")
 
 
-from tests.test_campaign_e2e import slurm  # noqa: E402,F401  (the fixture: a real single-node Slurm)
-
-
-def test_a_slurm_job_runs_torchrun_through_srun_with_the_profiles_ranks(storage, slurm, tmp_path):  # noqa: F811
+def test_a_slurm_job_runs_torchrun_through_srun_with_the_profiles_ranks(storage, slurm, tmp_path):
     """systems/launch.py inside an sbatch job: srun starts one torchrun per node, which
     starts the node's ranks ($SLURM_NTASKS_PER_NODE) meeting at the c10d rendezvous."""
     import time

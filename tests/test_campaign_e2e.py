@@ -134,18 +134,6 @@ def test_local_campaign_killed_mid_child_resumes_to_the_single_job_tables(root):
     assert third.returncode == 0 and "started" not in third.stdout
 
 
-@pytest.fixture()
-def slurm(tmp_path_factory):
-    from systems.local_slurm import SlurmUnavailable, start, stop
-    folder = tmp_path_factory.mktemp("slurm")
-    try:
-        env = start(folder)
-    except SlurmUnavailable as exc:
-        pytest.skip(f"Slurm cannot start here: {exc}")
-    yield env
-    stop(folder)
-
-
 def test_slurm_campaign_cancelled_mid_child_resumes_to_the_single_job_tables(root, slurm, tmp_path):
     env = env_of(root, **slurm)
     system = tmp_path / "slurm_one_node.yaml"
