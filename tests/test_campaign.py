@@ -167,8 +167,8 @@ RACER = textwrap.dedent("""
     from pathlib import Path
     from types import SimpleNamespace
     sys.path.insert(0, sys.argv[1])
-    import horovod.torch as hvd
-    hvd.init()
+    from quantlab.engine import distributed as dist
+    dist.init(1)
     from quantlab.engine.claims import Jobs
     from quantlab.engine.distributed import World
     folder, worker = Path(sys.argv[2]), sys.argv[3] == "worker"
@@ -268,8 +268,8 @@ FAILER = textwrap.dedent("""
     from pathlib import Path
     from types import SimpleNamespace
     sys.path.insert(0, sys.argv[1])
-    import horovod.torch as hvd
-    hvd.init()
+    from quantlab.engine import distributed as dist
+    dist.init(1)
     from quantlab.engine.claims import Jobs
     from quantlab.engine.distributed import World
     from quantlab.errors import QuantlabError, TrainingError
