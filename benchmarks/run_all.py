@@ -37,8 +37,11 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 
 from tables import markdown  # noqa: E402  (benchmarks/, the script's folder)
+
+from quantlab.deploy.measure import cpu_name  # noqa: E402
 
 SECTIONS = ("qat", "fake_quant", "scaling")
 TOPOLOGIES = ("Widedepth", "ZebraPose", "DETR")
@@ -80,16 +83,6 @@ def attempt(work: Callable[[], object], what: str) -> tuple[object | None, str |
         return None, reason(exc)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def memory_gib() -> str:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -120,7 +113,7 @@ def machine(threads: int, device: str) -> str:
     command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return "\n".join([
-        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores",
+        f"- CPU: {cpu_name()}, {os.cpu_count()} logical cores",
         f"- memory: {memory_gib()}",
         f"- GPU: {'; '.join(gpus()) or 'none'}",
         f"- torch {torch.__version__}, Horovod {version('horovod')}, Python {platform.python_version()}",
@@ -137,7 +130,7 @@ def slug(text: str) -> str:
 def output_path(folder: Path) -> Path:
     """<machine>-<date>.md in `folder`, numbered when taken; the machine is the CPU model and
     the first GPU's name."""
-    names = [cpu_model()] + ([torch.cuda.get_device_name(0)] if torch.cuda.is_available() else [])
+    names = [cpu_name()] + ([torch.cuda.get_device_name(0)] if torch.cuda.is_available() else [])
     stem = f"{slug(' '.join(names))}-{datetime.date.today().isoformat()}"
     path, n = folder / f"{stem}.md", 2
     while path.exists():

@@ -25,7 +25,6 @@ class LayerCodes:
     name: str
     codes: np.ndarray
     axis: int | None
-    bits: int
     input_grid: Grid | None
 
 
@@ -61,6 +60,6 @@ def lowered(model: nn.Module) -> tuple[nn.Module, list[LayerCodes]]:
             if bool(layer.aq.calibrating):
                 raise CheckpointError(f"layer {name}: its activation quantizer was never calibrated")
             grid_in = layer.aq.grid()
-        found.append(LayerCodes(name, codes, grid.axis, layer.wq.bits, grid_in))
+        found.append(LayerCodes(name, codes, grid.axis, grid_in))
         layer.wq, layer.aq = _Constant(value), None
     return plain, found

@@ -17,11 +17,12 @@ RUNTIMES = ("torch eager fp32", "onnxruntime fp32", "onnxruntime int8")
 
 def cpu_name() -> str:
     """The CPU's model name (Linux), else what the platform says."""
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text().splitlines():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine()
 
 

@@ -55,7 +55,6 @@ class Plan:
     activation tensors by source of their parameters, and what could not follow QAT."""
     layer_codes: list[str] = field(default_factory=list)
     post_training: list[str] = field(default_factory=list)
-    float_weight_ops: list[str] = field(default_factory=list)
     learned: int = 0
     calibrated: int = 0
     notes: list[str] = field(default_factory=list)
@@ -114,17 +113,14 @@ class _Builder:
 def _activations(graph: onnx.GraphProto, weighted: list[onnx.NodeProto]) -> list[str]:
     """The activation tensors that get a pair: the data input and the output of every
     weight operator, then the outputs of the pass-through operators whose activation
-    inputs all have one (to a fixed point), in graph order."""
+    inputs all have one, in graph order (ONNX's node order is topological, so one pass
+    sees every input's mark before its readers)."""
     constants = {t.name for t in graph.initializer}
     marked = {t for n in weighted for t in (n.input[0], n.output[0])}
-    grown = True
-    while grown:
-        grown = False
-        for node in graph.node:
-            inputs = [t for t in node.input if t and t not in constants]
-            if node.op_type in PASS_OPS and inputs and all(t in marked for t in inputs) and node.output[0] not in marked:
-                marked |= set(inputs) | {node.output[0]}
-                grown = True
+    for node in graph.node:
+        inputs = [t for t in node.input if t and t not in constants]
+        if node.op_type in PASS_OPS and inputs and all(t in marked for t in inputs):
+            marked.add(node.output[0])
     ordered = [i.name for i in graph.input] + [t for n in graph.node for t in n.output]
     return [t for t in ordered if t in marked]
 
@@ -138,7 +134,6 @@ def integer_graph(model: onnx.ModelProto, layers: list[LayerCodes],
     graph, plan, build = model.graph, Plan(), _Builder(model.graph)
     weights = {t.name: t for t in graph.initializer}
     weighted = [n for n in graph.node if n.op_type in WEIGHT_OPS and len(n.input) > 1 and n.input[1] in weights]
-    plan.float_weight_ops = [n.name for n in graph.node if n.op_type in WEIGHT_OPS and n not in weighted]
     by_shape: dict[tuple, list[LayerCodes]] = defaultdict(list)
     for layer in layers:
         by_shape[layer.codes.shape].append(layer)

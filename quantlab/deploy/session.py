@@ -18,7 +18,7 @@ class DeployedModel(nn.Module):
 
     def __init__(self, model: Path, names: list[str], spec: Any, threads: int) -> None:
         super().__init__()
-        self.names, self.spec, self.path = names, spec, model
+        self.names, self.spec = names, spec
         self.session = session(model, threads)
 
     def forward(self, *inputs: torch.Tensor) -> Any:

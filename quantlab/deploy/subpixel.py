@@ -96,6 +96,6 @@ def rewrite(model: onnx.ModelProto, layers: list[LayerCodes]) -> tuple[onnx.Mode
         for i, layer in enumerate(layers):
             if layer.codes.shape == weight.shape and fit_codes(weight, layer.codes, 1) is not None:
                 codes, _ = rearranged(layer.codes, strides, pads)
-                layers[i] = LayerCodes(layer.name, codes, 0, layer.bits, layer.input_grid)
+                layers[i] = LayerCodes(layer.name, codes, 0, layer.input_grid)
     replace_nodes(graph, nodes)
     return model, layers

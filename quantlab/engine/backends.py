@@ -196,7 +196,7 @@ class TorchDistributed:
 
     def peer_failed(self, exc: BaseException) -> bool:
         """gloo and NCCL end a collective whose peer left with a DistBackendError, or (some
-        paths) a RuntimeError naming the transport."""
+        paths) a RuntimeError saying the connection closed."""
         return isinstance(exc, tdist.DistBackendError) or (
             isinstance(exc, RuntimeError) and any(w in str(exc) for w in ("Connection closed by peer",
-                                                                          "Connection reset by peer", "gloo")))
+                                                                          "Connection reset by peer")))

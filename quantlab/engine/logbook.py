@@ -29,6 +29,7 @@ from quantlab.engine.config import Config, dump
 from quantlab.errors import CheckpointError, ConfigError, ExperimentError
 from quantlab.files import Busy, exclusive_lock, link_atomic, remove_stale_temps, write_atomic, write_text_atomic
 from quantlab.metrics.bootstrap import DIGEST_KEY, PER_IMAGE, PerImage
+from quantlab.records import read_json
 from quantlab.signals import held
 
 
@@ -125,7 +126,7 @@ class Logbook:
 
     # checkpoints -------------------------------------------------------------------------
     def epoch_path(self, epoch: int) -> Path:
-        return self.saves / f"epoch_{epoch:04d}.pt"
+        return self.saves / epoch_file(epoch)
 
     def save(self, state: dict[str, Any], epoch: int, keep_numbered: bool, is_best: bool) -> None:
         """Write the epoch's checkpoint as `last.pt`, then give it the names `epoch_NNNN.pt`
@@ -141,16 +142,8 @@ class Logbook:
                 link_atomic(last, self.saves / "best.pt")
 
     def resolve(self, spec: str) -> Path:
-        """`last`, `best`, an epoch number, `mqat` / `mqat:<budget>`, or a path to a
-        checkpoint file."""
-        if spec in ("last", "best"):
-            path = self.saves / f"{spec}.pt"
-        elif spec.isdigit():
-            path = self.epoch_path(int(spec))
-        elif spec == "mqat" or spec.startswith("mqat:"):
-            path = mqat_checkpoint(self.root, spec)
-        else:
-            path = Path(spec)
+        """The checkpoint `spec` names (`checkpoint_path`), which must exist."""
+        path = checkpoint_path(self.root, spec)
         if not path.is_file():
             raise CheckpointError(f"{path}: checkpoint '{spec}' not found")
         return path
@@ -183,14 +176,33 @@ class Logbook:
         return path
 
 
+def epoch_file(epoch: int) -> str:
+    """The name of an epoch's checkpoint in saves/."""
+    return f"epoch_{epoch:04d}.pt"
+
+
+def names_experiment_checkpoint(spec: str) -> bool:
+    """Whether `--ckpt spec` names a checkpoint of an experiment, not a file."""
+    return spec in ("last", "best") or spec.isdigit() or spec == "mqat" or spec.startswith("mqat:")
+
+
+def checkpoint_path(root: Path, spec: str) -> Path:
+    """Where `--ckpt spec` points for the experiment `root`: `last`, `best` or an epoch
+    number in its saves/, `mqat` / `mqat:<budget>` (its MQAT result), or a file path."""
+    if spec in ("last", "best"):
+        return root / "saves" / f"{spec}.pt"
+    if spec.isdigit():
+        return root / "saves" / epoch_file(int(spec))
+    if spec == "mqat" or spec.startswith("mqat:"):
+        return mqat_checkpoint(root, spec)
+    return Path(spec)
+
+
 def mqat_checkpoint(root: Path, spec: str) -> Path:
     """`mqat` (or `mqat:<budget>`): the last stage's checkpoint of the MQAT result at the
     first (or that) budget that the experiment's `mqat/result.json` records."""
     record = root / "mqat" / "result.json"
-    try:
-        points = json.loads(record.read_text()).get("points", []) if record.is_file() else []
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        raise CheckpointError(f"{record}: damaged record, not a JSON object ({exc})") from None
+    points = read_json(record).get("points", [])
     if spec.startswith("mqat:"):
         points = [p for p in points if f"{p['budget']:g}" == spec[5:]]
     if not points:

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from quantlab.engine.distributed import World
-from quantlab.engine.logbook import mqat_checkpoint
-from quantlab.errors import CheckpointError, ConfigError, DataError, ExperimentError, shared
+from quantlab.engine.logbook import checkpoint_path, names_experiment_checkpoint
+from quantlab.errors import CheckpointError, ConfigError, DataError, ExperimentError, QuantlabError, shared
 from quantlab.engine.task import Task
 from quantlab.quant.editing import Rule
 from quantlab.quant.qat import inq_finishes, inq_schedule
@@ -60,20 +60,14 @@ def recipe(qcfg: dict, epochs: int | None) -> None:
 
 
 def checkpoint(spec: str, saves: Path | None) -> None:
-    """The checkpoint `--ckpt` names exists, before any data is prepared: `last`, `best`,
-    an epoch or the MQAT result (`mqat`, `mqat:<budget>`) of the experiment (`saves`: its
-    folder; None without --exp_id), or a file."""
-    searched = spec == "mqat" or spec.startswith("mqat:")
-    named = spec in ("last", "best") or spec.isdigit() or searched
-    if named and saves is None:
+    """The checkpoint `--ckpt` names exists, before any data is prepared: one of the
+    experiment's (`saves`: its folder; None without --exp_id), or a file."""
+    if names_experiment_checkpoint(spec) and saves is None:
         raise ConfigError(f"--ckpt {spec} names a checkpoint of an experiment: pass its --exp_id, or give a file")
-    if searched:
-        try:
-            path = mqat_checkpoint(saves.parent, spec)
-        except CheckpointError as exc:
-            raise shared(exc) from None
-    else:
-        path = (saves / (f"{spec}.pt" if not spec.isdigit() else f"epoch_{int(spec):04d}.pt")) if named else Path(spec)
+    try:
+        path = checkpoint_path(saves.parent if saves is not None else Path("."), spec)
+    except QuantlabError as exc:
+        raise shared(exc) from None
     if not path.is_file():
         raise shared(CheckpointError(f"{path}: checkpoint '{spec}' not found"))
 
