@@ -190,4 +190,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from quantlab.engine.distributed import exit_process
+    exit_process(main())

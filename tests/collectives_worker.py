@@ -70,3 +70,4 @@ def main(out: Path, backend: str) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), sys.argv[2])
+    dist.exit_process(0)

@@ -62,6 +62,7 @@ def _free_port() -> int:
 
 class Horovod:
     name = "horovod"
+    ends_without_teardown = False  # Horovod shuts its background thread down at exit
 
     def __init__(self) -> None:
         try:
@@ -108,8 +109,19 @@ class Horovod:
 
 class TorchDistributed:
     """torch.distributed over the env:// rendezvous torchrun sets up: gloo on CPU, NCCL on
-    CUDA."""
+    CUDA.
+
+    `ends_without_teardown`: a gloo worker thread drops its reference to a finished
+    collective's tensors just after the caller is told the collective is done. When that
+    is the last reference to a tensor Python made, the thread must take the GIL; if Python
+    is finalizing by then, the thread is cancelled inside a noexcept C++ destructor and
+    the process aborts ("terminate called without an active exception", SIGABRT) after
+    its work is done, and torchrun reports the job as failed. destroy_process_group()
+    would join those threads, but it cannot free the group once an optimizer exists
+    (torch keeps references to it), so the process ends with os._exit instead.
+    """
     name = "torch"
+    ends_without_teardown = True
 
     def __init__(self, on_cpu: bool) -> None:
         self.on_cpu = on_cpu

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, NoReturn, TypeVar
 
 import torch
 
@@ -134,6 +134,17 @@ def current_rank() -> int | None:
 def backend_name() -> str | None:
     """horovod or torch once started, else None."""
     return None if _backend is None else _backend.name
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with `code`, skipping the interpreter's teardown where the backend
+    cannot survive it (`ends_without_teardown`). Everything a run writes is closed and
+    atomic by then; the standard streams are flushed here."""
+    if _backend is not None and _backend.ends_without_teardown and _backend.started():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 def waiting(name: str) -> contextlib.AbstractContextManager:
     """Mark a wait for the other ranks (a collective), which the watchdog times."""
