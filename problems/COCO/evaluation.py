@@ -1,5 +1,5 @@
 """COCO box mAP through pycocotools' COCOeval (101-point interpolation, IoU 0.50:0.05:0.95,
-100 detections), plus AP per category and the critical-category mAP of papers.md B."""
+100 detections), plus AP per category and the critical-category mAP of Yang et al., Fisher-aware Quantization for DETR Detectors with Critical-category Objectives (2024)."""
 from __future__ import annotations
 
 import contextlib

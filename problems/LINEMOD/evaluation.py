@@ -66,7 +66,7 @@ def table(metrics: dict[str, float], models: dict[int, Model]) -> str:
     names = [m.name for m in models.values()]
     width = max(len(n) for n in [*names, "object", "mean"])
     head = f"{'object':<{width}} {'sym':>3} {'n':>5} {'failed':>6} " + " ".join(f"{f'{k:g}d':>6}" for k in FRACTIONS)
-    lines = [f"ADD(-S) accuracy (%) at k x diameter (ADI for symmetric objects)", head]
+    lines = ["ADD(-S) accuracy (%) at k x diameter (ADI for symmetric objects)", head]
     for m in models.values():
         lines.append(f"{m.name:<{width}} {'yes' if m.symmetric else 'no':>3} {metrics[f'count/{m.name}']:>5d} "
                      f"{metrics[f'failed/{m.name}']:>6d} "

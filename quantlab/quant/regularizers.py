@@ -29,7 +29,7 @@ def fisher_penalty(weights: list[torch.Tensor], loss: torch.Tensor) -> torch.Ten
 
 
 class FisherTrace:
-    """lambda x Tr(F) of an objective (papers.md B: the critical-category loss), which
+    """lambda x Tr(F) of an objective (Yang et al. 2024, Fisher-trace regularization: the critical-category loss), which
     penalises the sharp minima that overfit after quantization."""
 
     def __init__(self, weight: float, objective: Objective) -> None:

@@ -1,4 +1,4 @@
-"""Per-layer Fisher traces from squared gradients (papers.md B).
+"""Per-layer Fisher traces from squared gradients (Yang et al., Fisher-aware Quantization for DETR Detectors with Critical-category Objectives (2024)).
 
 The empirical Fisher of a loss L is F = E_x[g g^T] with g = dL(x)/dW, so its trace per
 layer is E_x ||dL(x)/dW_l||^2: one backward pass per sample, no Hessian-vector product.

@@ -107,7 +107,7 @@ def _solve(cost: np.ndarray, rows: list, low: list, high: list, lower: np.ndarra
 def average_bits(sensitivity: dict[str, dict[int, float]], counts: dict[str, int], target: float,
                  fixed: dict[str, int] | None = None) -> Allocation:
     """Minimum total sensitivity with the average weight precision over all weight elements
-    at most `target`: sum_l n_l b_l <= target x sum_l n_l (papers.md C). The candidate bits
+    at most `target`: sum_l n_l b_l <= target x sum_l n_l (Huang et al., Output Sensitivity-Aware DETR Quantization, eq. 2-3). The candidate bits
     of each layer (e.g. 3..6) are the keys of its sensitivity."""
     size = {layer: {b: float(counts[layer] * b) for b in bits} for layer, bits in sensitivity.items()}
     return solve(Problem(sensitivity, size, target * sum(counts[layer] for layer in sensitivity), fixed or {}))

@@ -1,11 +1,11 @@
-"""The layer sensitivity both bit allocations minimise (HAWQ-V3, papers.md C):
+"""The layer sensitivity both bit allocations minimise (HAWQ-V3; Huang et al., Output Sensitivity-Aware DETR Quantization, section Method):
 
     Omega_l(b) = tr_l / n_l x sum over the layer's weight tensors ||Q_b(W) - R||^2
 
 with tr_l the layer's trace (Hessian or Fisher; a mean trace, so large layers are not
 favoured by their size alone), n_l its weight count, Q_b the symmetric max-abs quantizer
 (eq. 6) at b bits, and R the float weights, or their `reference_bits` quantization
-(papers.md C's "quant" variant). A layer may hold several tensors (an attention layer's
+(Huang et al.'s "quant" variant). A layer may hold several tensors (an attention layer's
 input and output projections): traces are estimated per tensor and summed per layer.
 """
 from __future__ import annotations

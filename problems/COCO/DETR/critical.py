@@ -1,4 +1,4 @@
-"""The critical-category objective (papers.md B): keep the critical classes' logits and fold
+"""The critical-category objective (Yang et al., Fisher-aware Quantization for DETR Detectors with Critical-category Objectives (2024), the logit-label transformation): keep the critical classes' logits and fold
 every other real class into one "other" output; a trailing no-object logit stays last.
 
 The fold is a logsumexp, so softmax over the folded logits is exactly the model's own

@@ -1,4 +1,4 @@
-"""The output-sensitivity objective of papers.md C: a distillation loss between a student
+"""The output-sensitivity objective of Huang et al., Output Sensitivity-Aware DETR Quantization (section Multi-layer distillation objective): a distillation loss between a student
 and its float teacher over every decoder layer's outputs, queries paired by index (no
 matching, so the loss is smooth in the weights where the Hungarian loss is not).
 

@@ -127,7 +127,7 @@ class DETRTask(Task):
         return self._critical.to(device)(folded, targets, num_boxes(targets, None))
 
     def distillation_loss(self, student: dict, teacher: dict) -> torch.Tensor:
-        """The output-sensitivity objective (papers.md C) over every decoder layer."""
+        """The output-sensitivity objective (Huang et al., section Multi-layer distillation objective) over every decoder layer."""
         loss = self.cfg["loss"]
         return distillation_loss(student, teacher, loss["distill_temperature"], loss["distill_kl_weight"])
 
