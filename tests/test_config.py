@@ -101,14 +101,14 @@ def test_schema_choices_are_what_the_code_accepts():
     import yaml
     from quantlab.engine.optim import LR_SCALINGS, OPTIMIZERS, SCHEDULES
     from quantlab.modes.fisher import SCHEMES as FISHER
-    from quantlab.modes.ptq import SCHEMES as PTQ
+    from quantlab.ptq.schemes import SCHEMES as PTQ
     schema = {}
     for path in config_files():
         schema.update(yaml.safe_load(path.read_text()).get("schema", {}))
     assert tuple(schema["training.optimizer"]["choices"]) == OPTIMIZERS
     assert tuple(schema["training.schedule.type"]["choices"]) == SCHEDULES
     assert tuple(schema["engine.lr_scaling"]["choices"]) == LR_SCALINGS
-    assert tuple(schema["ptq.schemes"]["choices"]) == PTQ and tuple(schema["fisher.schemes"]["choices"]) == FISHER
+    assert tuple(schema["ptq.schemes"]["choices"]) == tuple(PTQ) and tuple(schema["fisher.schemes"]["choices"]) == FISHER
 
 
 def test_unparseable_yaml_in_set_is_an_error_naming_the_key():

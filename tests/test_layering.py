@@ -8,18 +8,24 @@ import pytest
 
 from tests.conftest import REPO
 
-LEAVES = ("quantlab.errors", "quantlab.files", "quantlab.signals", "quantlab.records", "quantlab.progress",
-          "quantlab.metrics.bootstrap", "quantlab.metrics.intervals")
+#: modules that import no other quantlab module but each other
+LEAVES = ("quantlab.errors", "quantlab.files", "quantlab.signals", "quantlab.progress")
 #: package -> the quantlab packages it must not import
 FORBIDDEN = {
     "quantlab.quant": ("quantlab.engine", "quantlab.modes", "quantlab.mqat", "quantlab.sensitivity",
-                       "quantlab.metrics"),
-    "quantlab.metrics": ("quantlab.engine", "quantlab.modes", "quantlab.mqat", "quantlab.sensitivity"),
-    "quantlab.sensitivity": ("quantlab.engine", "quantlab.modes", "quantlab.mqat"),
-    "quantlab.mqat": ("quantlab.modes", "quantlab.sensitivity"),
+                       "quantlab.metrics", "quantlab.hawq", "quantlab.ptq"),
+    "quantlab.metrics": ("quantlab.engine", "quantlab.modes", "quantlab.mqat", "quantlab.sensitivity",
+                         "quantlab.hawq", "quantlab.ptq", "quantlab.records"),
+    "quantlab.sensitivity": ("quantlab.engine", "quantlab.modes", "quantlab.mqat", "quantlab.hawq", "quantlab.ptq"),
+    "quantlab.records": ("quantlab.quant", "quantlab.engine", "quantlab.modes", "quantlab.mqat", "quantlab.sensitivity",
+                         "quantlab.hawq", "quantlab.ptq", "quantlab.deploy", "quantlab.campaign"),
+    "quantlab.hawq": ("quantlab.modes", "quantlab.mqat", "quantlab.ptq", "quantlab.campaign"),
+    "quantlab.ptq": ("quantlab.modes", "quantlab.mqat", "quantlab.hawq", "quantlab.campaign"),
+    "quantlab.mqat": ("quantlab.modes", "quantlab.sensitivity", "quantlab.ptq", "quantlab.campaign"),
     "quantlab.deploy": ("quantlab.engine", "quantlab.modes", "quantlab.mqat", "quantlab.sensitivity",
                         "quantlab.campaign"),
-    "quantlab.engine": ("quantlab.modes", "quantlab.mqat", "quantlab.sensitivity", "quantlab.campaign"),
+    "quantlab.engine": ("quantlab.modes", "quantlab.mqat", "quantlab.sensitivity", "quantlab.hawq", "quantlab.ptq",
+                        "quantlab.campaign"),
     "quantlab.modes": ("quantlab.campaign",),
 }
 
@@ -41,7 +47,9 @@ def imports(path: Path) -> set[str]:
 
 
 def sources(folder: str) -> list[Path]:
-    return sorted((REPO / folder).rglob("*.py"))
+    """The files of a package, or the one file of a module (quantlab/records.py)."""
+    module = REPO / f"{folder}.py"
+    return [module] if module.is_file() else sorted((REPO / folder).rglob("*.py"))
 
 
 def within(name: str, package: str) -> bool:
@@ -55,6 +63,7 @@ def test_the_library_never_imports_a_problem():
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_each_layer_imports_only_what_lies_below_it(package):
+    assert sources(package.replace(".", "/")), f"{package} has no source: the rule checks nothing"
     bad = {}
     for path in sources(package.replace(".", "/")):
         wrong = sorted(i for i in imports(path) for f in FORBIDDEN[package] if within(i, f))
@@ -68,6 +77,15 @@ def test_leaves_import_only_leaves():
         path = REPO / (leaf.replace(".", "/") + ".py")
         own = sorted(i for i in imports(path) if within(i, "quantlab") and not any(within(i, x) for x in LEAVES))
         assert not own, (leaf, own)
+
+
+def test_a_mode_never_imports_another_mode():
+    """A mode is its Mode(...), its options and a run; what two modes share lives in the
+    library (quantlab.mqat, quantlab.hawq, quantlab.ptq, quantlab.engine.runs)."""
+    modes = {module_name(p) for p in sources("quantlab/modes")} - {"quantlab.modes"}
+    for path in sources("quantlab/modes"):
+        others = sorted(i for i in imports(path) for m in modes if within(i, m) and m != module_name(path))
+        assert not others, (module_name(path), others)
 
 
 def test_a_problem_never_imports_another_problem():
@@ -95,3 +113,13 @@ def test_every_mode_is_registered_with_its_own_section_file():
     for mode in MODES.values():
         if mode.section:
             assert (HERE / f"{mode.section}.yaml").is_file(), mode.name
+
+
+def test_an_options_help_names_exactly_the_modes_that_take_it():
+    import re
+
+    from quantlab.modes import MODES, options
+    for flag, spec in options().items():
+        takers = {m.name for m in MODES.values() if any(f == flag for f, _ in m.options)}
+        named = re.fullmatch(r"for --mode ([a-z, ]+): .*", spec["help"], re.S)
+        assert named and set(named.group(1).split(", ")) == takers, (flag, spec["help"])

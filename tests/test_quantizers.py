@@ -54,7 +54,7 @@ def test_lsq_forward_and_gradients_match_the_papers_formulas():
     x = torch.tensor([0.26, -0.55, 2.0, -3.0, 0.74], requires_grad=True)
     s = torch.tensor([0.5], requires_grad=True)
     out = lsq(x, s, q_neg, q_pos)
-    v = x.detach() / 0.5  # [0.52, -1.1, 4, -6, 1.48]
+    # x / s = [0.52, -1.1, 4, -6, 1.48]
     assert out.tolist() == pytest.approx([0.5, -0.5, 1.5, -2.0, 0.5])
     out.sum().backward()
     # dQ/dx: 1 inside (-Q_N, Q_P), 0 where clipped

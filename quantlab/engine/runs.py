@@ -6,12 +6,25 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from quantlab.engine import checkpoint
 from quantlab.engine.context import RunContext
 from quantlab.engine.trainer import Trainer, epoch_tag, read_weights
+
+
+class Child(NamedTuple):
+    """One child run of a search as a campaign plans it: its part, a name, and what it
+    costs: training epochs and further training-image passes (traces) of a quantized or
+    float model, and evaluations of the evaluation split."""
+    part: str
+    name: str
+    epochs: float
+    quantized: bool = True
+    images: int = 0
+    evals: int = 1
 
 
 def fit_child(ctx: RunContext, source: Path) -> dict[str, float]:

@@ -15,10 +15,11 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from quantlab.engine.context import RunContext
 from quantlab.engine.config import overlaid
+from quantlab.engine.runs import Child
 from quantlab.errors import ConfigError
 from quantlab.records import TableSpec, over_seeds, save_tables
 
@@ -27,26 +28,14 @@ HERE = Path(__file__).resolve().parent
 DEFAULTS = HERE.parents[1] / "cfg" / "defaults.yaml"
 
 
-class Child(NamedTuple):
-    """One child run of a search as a campaign plans it: its part, a name, and what it
-    costs: training epochs and further training-image passes (traces) of a quantized or
-    float model, and evaluations of the evaluation split."""
-    part: str
-    name: str
-    epochs: float
-    quantized: bool = True
-    images: int = 0
-    evals: int = 1
-
-
 #: the option of the modes with parts: this job works on one part only (a campaign's fan-out)
 WORKER = ("--worker", {"default": None, "metavar": "PART",
-                       "help": "for --mode mqat, cube, ptq, fisher: run only the children of PART that no other "
-                               "job holds, then stop (a campaign's fan-out job)"})
+                       "help": "for {modes}: run only the children of PART that no other job holds, then stop "
+                               "(a campaign's fan-out job)"})
 
 
 #: the option of the modes that read a checkpoint of a finished experiment
-CKPT = ("--ckpt", {"default": "best", "help": "for test / export / deploy: last, best, an epoch number, mqat or "
+CKPT = ("--ckpt", {"default": "best", "help": "for {modes}: last, best, an epoch number, mqat or "
                                               "mqat:<budget> (an MQAT search's result), or a file path"})
 
 
@@ -94,11 +83,15 @@ DEFAULT = "train"
 
 
 def options() -> dict[str, dict]:
-    """Every mode's command-line options, by flag (a shared flag is declared alike)."""
+    """Every mode's command-line options, by flag (a shared flag is declared alike); a
+    help's `{modes}` names the modes that take the flag."""
     found: dict[str, dict] = {}
     for mode in MODES.values():
         for flag, spec in mode.options:
             found.setdefault(flag, spec)
+    for flag, spec in found.items():
+        takers = ", ".join(m.name for m in MODES.values() if any(f == flag for f, _ in m.options))
+        found[flag] = {**spec, "help": spec["help"].replace("{modes}", f"--mode {takers}")}
     return found
 
 

@@ -1,4 +1,4 @@
-"""--mode fisher: Fisher-aware mixed-precision QAT (papers.md B).
+"""--mode fisher: Fisher-aware mixed-precision QAT (Yang et al., Fisher-aware Quantization for DETR Detectors with Critical-category Objectives (2024)).
 
 Each scheme picks bits per layer at one average-bit target: `uniform` gives every layer
 the target, `fisher_overall` / `fisher_critical` solve the PTQ ILP (same ranges, same
@@ -16,7 +16,8 @@ from quantlab.engine.context import RunContext
 from quantlab.engine.runs import evaluate_child, evaluation_at, final_evaluation, fit_child
 from quantlab.errors import ConfigError
 from quantlab.modes import WORKER, Child, Mode, publish, task_tables
-from quantlab.modes.ptq import average_precision, check_hooks, float_weights, scheme_bits, traced
+from quantlab.ptq.schemes import check_hooks
+from quantlab.ptq.traces import average_precision, float_weights, scheme_bits, traced
 from quantlab.quant.editing import layer_rules
 from quantlab.quant.layers import FLOAT_BITS
 

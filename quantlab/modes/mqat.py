@@ -13,9 +13,9 @@ from quantlab.engine.claims import Claimed, Jobs
 from quantlab.engine.config import overlaid
 from quantlab.engine.context import RunContext
 from quantlab.errors import ConfigError
+from quantlab.hawq.allocation import run_hawq
 from quantlab.modes import WORKER, Child, Mode, publish, task_tables
-from quantlab.modes.cube import cube, cube_children, ledger
-from quantlab.modes.hawq import run_hawq
+from quantlab.mqat.cube import cube, cube_children, ledger
 from quantlab.mqat.runner import FINETUNE, StagedRuns, candidate_key, staged
 from quantlab.mqat.search import bit_search, exhaustive_flow, model_size, plan_bits
 from quantlab.mqat.tables import TABLES

@@ -19,5 +19,5 @@ def run(ctx: RunContext) -> None:
 
 
 MODE = Mode("table", "print and write the tables of finished experiment --exp_id", run, writes=False, reads=True,
-            options=(("--table", {"default": "all", "help": "for --mode table: all, or one table of the "
+            options=(("--table", {"default": "all", "help": "for {modes}: all, or one table of the "
                                   "finished experiment --exp_id"}),))
