@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 
 from quantlab.modes import DEFAULT, MODES, Mode, execute, options  # noqa: E402  (the repository on the path first)
+from quantlab.progress import line  # noqa: E402
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     task = importlib.import_module(f"problems.{args.problem}.{args.topology}").build_task(cfg, data_root)
     given = {**{flag.lstrip("-"): getattr(args, flag.lstrip("-")) for flag in options()}, "overrides": args.overrides}
     if dropped and world.is_main:
-        print(f"config keys of the saved experiment that no longer exist, ignored: {', '.join(dropped)}", flush=True)
+        line(f"config keys of the saved experiment that no longer exist, ignored: {', '.join(dropped)}")
     if mode.reads:
         if args.exp_id is None:
             raise ConfigError(f"--mode {mode.name} reads a finished experiment: pass its --exp_id")
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
     note = dist.on_main(world, "data.ready", task.prepare_data)
     if note and world.is_main:
-        print(note, flush=True)
+        line(note)
     preflight.evaluation_split(task, cfg["engine"]["eval_split"], "engine.eval_split")
     if mode.trains and cfg["engine"]["select_split"] not in ("none", cfg["engine"]["eval_split"]):
         preflight.evaluation_split(task, cfg["engine"]["select_split"], "engine.select_split")
@@ -161,18 +162,18 @@ def run(args: argparse.Namespace) -> int:
         if mode.writes:  # one writing run per experiment (or jobs sharing the parts of a search)
             stale = dist.on_main(world, "exp.lock", lambda: owned.enter_context(logbook.lock(shared=bool(mode.parts))))
             if stale and world.is_main:
-                print(f"removed {len(stale)} temporary file(s) an interrupted run left in {logbook.root}", flush=True)
+                line(f"removed {len(stale)} temporary file(s) an interrupted run left in {logbook.root}")
         try:
             if not resuming:
                 logbook.create(cfg)
             if world.is_main:
                 where = logbook.root.relative_to(REPO) if logbook.root.is_relative_to(REPO) else logbook.root
-                print(f"experiment {where} ({mode.name}, {world.size} rank{'s' if world.size > 1 else ''}, "
-                      f"profile {cfg['profile']})", flush=True)
+                line(f"experiment {where} ({mode.name}, {world.size} rank{'s' if world.size > 1 else ''}, "
+                     f"profile {cfg['profile']})")
             execute(mode, RunContext(task, cfg, world, logbook, device, start, resume, given))
         except BaseException:
             if not resuming and logbook.discard():
-                print(f"removed {logbook.root}: the run failed before producing anything", file=sys.stderr, flush=True)
+                line(f"removed {logbook.root}: the run failed before producing anything", sys.stderr)
             raise
     return 0
 

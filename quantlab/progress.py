@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
+from typing import Iterable, Iterator, TextIO, TypeVar
 
 from tqdm import tqdm
 
@@ -17,6 +17,16 @@ T = TypeVar("T")
 
 #: seconds between progress lines when the output is not a terminal (engine.progress_interval)
 INTERVAL = 30.0
+
+
+def line(text: str, stream: TextIO | None = None) -> None:
+    """`text` and its newline in one write, flushed. Horovod runs ranks unbuffered
+    (PYTHONUNBUFFERED=1), where print() writes the text and the newline separately, and
+    mpirun then tags the lone newline as a line of its own: a stray `[1,0]<stdout>:` at
+    the end of the line."""
+    stream = sys.stdout if stream is None else stream
+    stream.write(text + "\n")
+    stream.flush()
 
 
 def configure(interval: float) -> None:
@@ -58,8 +68,7 @@ class Lines:
         self._last = now
         done = f"{self._count}/{self.total} ({100 * self._count / self.total:.0f}%)" if self.total else str(self._count)
         rate = self._count / max(now - self._start, 1e-9)
-        print(f"{self.desc}: {done}, {rate:.1f} it/s" + (f", {self.postfix}" if self.postfix else ""),
-              file=sys.stderr, flush=True)
+        line(f"{self.desc}: {done}, {rate:.1f} it/s" + (f", {self.postfix}" if self.postfix else ""), sys.stderr)
 
 
 def progress(iterable: Iterable[T] | None = None, desc: str = "", total: int | None = None,

@@ -11,6 +11,7 @@ from quantlab.engine.config import Config
 from quantlab.engine.distributed import World
 from quantlab.engine.logbook import Logbook
 from quantlab.engine.task import Task
+from quantlab.progress import line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,4 +36,4 @@ class RunContext:
     def say(self, message: str) -> None:
         """Print on the main rank only."""
         if self.world.is_main:
-            print(message, flush=True)
+            line(message)

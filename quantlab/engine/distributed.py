@@ -20,6 +20,7 @@ import torch
 
 from quantlab.engine import backends
 from quantlab.errors import ConfigError, QuantlabError, shared
+from quantlab.progress import line
 
 T = TypeVar("T")
 
@@ -65,9 +66,9 @@ class Watchdog:
             time.sleep(min(5.0, self.timeout / 4))
             since = self._since
             if since is not None and time.monotonic() - since > self.timeout:
-                print(f"error (rank {self.rank}): waited {self.timeout:g} s for the other ranks at "
-                      f"'{self._name}': a rank is stopped, hung or far slower; ending the job "
-                      "(engine.stall_timeout)", file=sys.stderr, flush=True)
+                line(f"error (rank {self.rank}): waited {self.timeout:g} s for the other ranks at "
+                     f"'{self._name}': a rank is stopped, hung or far slower; ending the job "
+                     "(engine.stall_timeout)", sys.stderr)
                 os._exit(1)  # the main thread is stuck inside Horovod: nothing else can end it
 
 

@@ -8,7 +8,7 @@ from quantlab.engine import distributed as dist
 from quantlab.engine.context import RunContext
 from quantlab.engine.loaders import pin_memory
 from quantlab.engine.task import to_device
-from quantlab.progress import progress
+from quantlab.progress import line, progress
 
 
 @torch.no_grad()
@@ -36,5 +36,5 @@ def evaluate(ctx: RunContext, model: torch.nn.Module, split: str, tag: str, quie
         ctx.logbook.write_metrics(tag, metrics, per_image)
         table = task.report(metrics, ctx.logbook.eval_dir(tag))
         if not quiet:
-            print(f"\n{split} split, {tag}:\n{table}", flush=True)
+            line(f"\n{split} split, {tag}:\n{table}")
     return dist.broadcast_object(metrics, name=f"eval.metrics.{tag}")

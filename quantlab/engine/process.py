@@ -14,6 +14,7 @@ import traceback
 
 from quantlab.engine.distributed import peer_failed
 from quantlab.errors import QuantlabError
+from quantlab.progress import line
 from quantlab.signals import Stopped
 
 #: environment variables in which launchers give a process its rank (Horovod's Gloo
@@ -46,15 +47,14 @@ def report(exc: BaseException, rank: int | None) -> int:
     stop = _stop_in(exc)
     if stop is not None:
         if speaks:
-            print(f"stopped by {stop} (rank {shown})", file=sys.stderr, flush=True)
+            line(f"stopped by {stop} (rank {shown})", sys.stderr)
         return 128 + stop.signum
     if peer_failed(exc):
         first = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else "the backend shut down"
-        print(f"rank {shown} stopped: {first} (another rank failed or left; its error is its own line)",
-              file=sys.stderr, flush=True)
+        line(f"rank {shown} stopped: {first} (another rank failed or left; its error is its own line)", sys.stderr)
     elif isinstance(exc, QuantlabError):
         if speaks or (rank is not None and not exc.shared):
-            print(f"error (rank {shown}): {exc}", file=sys.stderr, flush=True)
+            line(f"error (rank {shown}): {exc}", sys.stderr)
     elif speaks or rank is not None:
-        print(f"error (rank {shown}):\n{''.join(traceback.format_exception(exc))}", file=sys.stderr, flush=True)
+        line(f"error (rank {shown}):\n{''.join(traceback.format_exception(exc))}", sys.stderr)
     return 1

@@ -10,6 +10,7 @@ from quantlab.engine.context import RunContext
 from quantlab.engine.task import to_device
 from quantlab.engine.trainer import Trainer, epoch_tag
 from quantlab.metrics.report import quant_report, summary
+from quantlab.progress import line
 
 
 def report_quantization(ctx: RunContext, trainer: Trainer) -> None:
@@ -19,7 +20,7 @@ def report_quantization(ctx: RunContext, trainer: Trainer) -> None:
     batch = to_device(ctx.task.example_batch(), ctx.device)
     report = quant_report(trainer.model, trainer.quant_layers, lambda m: ctx.task.forward(m, batch))
     ctx.logbook.write_json("quant_report.json", report)
-    print(summary(report), flush=True)
+    line(summary(report))
 
 
 def loaded(ctx: RunContext) -> tuple[Trainer, Path]:

@@ -10,6 +10,7 @@ from typing import Callable
 
 from quantlab.errors import DataError
 from quantlab.files import exclusive_lock
+from quantlab.progress import line
 
 #: written into every synthetic set, with the parameters it was generated from
 SYNTHETIC_MARKER = "SYNTHETIC.json"
@@ -54,7 +55,7 @@ def prepare_synthetic(synthetic: dict, root: Path, required: Path, name: str,
             return prepare_synthetic(synthetic, root, required, name, generate)
         for stale in real.parent.glob(f".{real.name}.*.partial"):
             shutil.rmtree(stale, ignore_errors=True)
-        print(f"no {name} data in {root}: generating the synthetic set first", flush=True)
+        line(f"no {name} data in {root}: generating the synthetic set first")
         partial = Path(tempfile.mkdtemp(dir=real.parent, prefix=f".{real.name}.", suffix=".partial"))
         try:
             note = generate(partial, synthetic["params"])

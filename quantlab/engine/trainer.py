@@ -26,7 +26,7 @@ from quantlab.engine.meters import MeanMeter
 from quantlab.engine.optim import build_optimizer, build_schedule, lr_scale, rescale_lr
 from quantlab.engine.task import to_device
 from quantlab.errors import CheckpointError, QuantlabError, TrainingError, shared
-from quantlab.progress import progress
+from quantlab.progress import line, progress
 from quantlab.quant import calibration, qat
 from quantlab.quant.editing import rebuild
 
@@ -319,8 +319,8 @@ class Trainer:
         best = self.ctx.task.best_metric
         shown = f" {best}={metrics[best]:.2f}" if metrics else ""
         loss = " ".join(f"{k}={v:.4f}" for k, v in terms.items())
-        print(f"epoch {step}/{self.train_cfg['epochs']}: {loss} ({seconds:.1f}s, "
-              f"{images / seconds:.1f} img/s, peak {peak:.0f} MiB){shown}", flush=True)
+        line(f"epoch {step}/{self.train_cfg['epochs']}: {loss} ({seconds:.1f}s, "
+             f"{images / seconds:.1f} img/s, peak {peak:.0f} MiB){shown}")
 
     # evaluation ----------------------------------------------------------------------------
     def evaluate(self, split: str, tag: str, quiet: bool = False) -> dict[str, float]:

@@ -7,6 +7,7 @@ from quantlab.engine.task import to_device
 from quantlab.errors import CheckpointError, shared
 from quantlab.engine.reading import loaded
 from quantlab.modes import CKPT, Mode
+from quantlab.progress import line
 from quantlab.quant.export import export_integer
 from quantlab.quant.qdq import export_onnx
 
@@ -25,8 +26,7 @@ def run(ctx: RunContext) -> None:
         inputs = ctx.task.export_inputs(to_device(ctx.task.example_batch(), ctx.device))
         export_onnx(model, tuple(inputs.values()), folder / "model.onnx", list(inputs))
         sizes["model.onnx"] = (folder / "model.onnx").stat().st_size
-        print(f"exported {source}: " + ", ".join(f"{folder / k} ({v / 2**20:.3f} MiB)" for k, v in sizes.items()),
-              flush=True)
+        line(f"exported {source}: " + ", ".join(f"{folder / k} ({v / 2**20:.3f} MiB)" for k, v in sizes.items()))
     finally:
         trainer.close()
 
