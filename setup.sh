@@ -112,7 +112,7 @@ nccl_build_env() {
 # script that refuses in one line naming the fix.
 horovod_failed() {
     local log=$1
-    say "Horovod $HOROVOD_VERSION did not build (log: $log): use torchrun --nproc_per_node N main.py ... (README, Several GPUs and several nodes)"
+    say "Horovod $HOROVOD_VERSION did not build (log: $log): use torchrun --nproc_per_node N main.py ... (docs/clusters.md)"
     "${PIP[@]}" uninstall -y horovod >/dev/null 2>&1 || true
     cat > "$VENV/bin/horovodrun" <<STUB
 #!/bin/sh

@@ -82,7 +82,7 @@ def torchrun_command(system: dict, main_args: list[str]) -> list[str]:
     else:
         if "," in str(system["hosts"]):
             sys.exit("launcher torchrun: several hosts need a Slurm allocation (hosts: slurm), or torchrun started "
-                     "on each host by hand (README, Several GPUs and several nodes)")
+                     "on each host by hand (docs/clusters.md)")
         cmd = [torchrun, f"--nproc_per_node={system['ranks']}"]
     return [*cmd, str(REPO / "main.py"), *main_args]
 

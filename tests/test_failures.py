@@ -1,5 +1,5 @@
 """Faults and bad inputs: nothing is lost, nothing is left half-done, and each failure is
-one line naming what is wrong (README, "Failures and recovery"). Runs are tiny but real:
+one line naming what is wrong (docs/failures.md). Runs are tiny but real:
 main.py under horovodrun, files on disk, signals sent to real processes."""
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def test_a_failed_resume_leaves_the_config_as_it_was(storage):
     # NaN passes every bound (each comparison is False); an infinity passes `min`
     (["training.momentum=.nan"], "config key 'training.momentum': nan is not a finite number"),
     (["training.schedule.milestones=[1, .inf]"], "'training.schedule.milestones[1]': inf is not a finite number"),
-    # the README's 2-bit FPN recipe trained 2 epochs: INQ would end 40% frozen, unexportable
+    # the 2-bit FPN recipe of docs/quantization.md trained 2 epochs: INQ would end 40% frozen, unexportable
     (["quantize.rules=[{modules: fpn, algorithm: inq, bits: 2}]",
       "quantize.inq_schedule={0: 0.2, 5: 0.4, 9: 0.6, 13: 0.8, 17: 0.9, 21: 0.95, 25: 0.9875, 29: 1.0}"],
      "within the 2 epoch(s) of training.epochs it freezes 20% of the INQ weights (its last step, epoch 29"),

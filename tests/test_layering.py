@@ -1,4 +1,4 @@
-"""The import rules of the layers (README, "Architecture"), read from the source itself."""
+"""The import rules of the layers (docs/architecture.md), read from the source itself."""
 from __future__ import annotations
 
 import ast

@@ -6,7 +6,7 @@ HistogramCalibrater): one extreme value among millions no longer sets a tensor's
 the bulk of the values gets finer steps. `minmax` keeps the extreme values seen, as the
 project's STE activation quantizers do, and clips nothing the calibration batches
 produced. On WDR `mini` (MQAT 8-2-8) neither deployed model is told apart from the
-fake-quant one: percentile -1.3 [-3.2, 1.0], minmax +1.5 [-0.8, 3.8] (README, "Deployment").
+fake-quant one: percentile -1.3 [-3.2, 1.0], minmax +1.5 [-0.8, 3.8] (docs/deployment.md).
 """
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ class Horovod:
             import horovod.torch as hvd
         except ImportError as exc:
             raise RuntimeError(f"Horovod is not installed in this environment ({exc}); set-up could not build it: "
-                               "launch with torchrun (engine.backend: torch), or see README, Set-up") from None
+                               "launch with torchrun (engine.backend: torch), or see docs/setup.md") from None
         self.hvd = hvd
 
     def start(self, timeout: float) -> tuple[int, int, int, int]:

@@ -83,7 +83,7 @@ def horovod_environment(settings: dict, on_cpu: bool) -> dict[str, str]:
     Open MPI busy-polls when a node is not oversubscribed, and Horovod's background thread
     waits in MPI every cycle, so on a CPU node whose cores all compute, each rank's
     spinning thread takes the core its own or the other rank's compute needs (measured by
-    benchmarks/horovod_scaling.py; README, Performance)."""
+    benchmarks/horovod_scaling.py; benchmarks/README.md)."""
     env = {}
     if settings["cycle_time_ms"] is not None:
         env["HOROVOD_CYCLE_TIME"] = f"{settings['cycle_time_ms']:g}"

@@ -10,7 +10,7 @@ look better, so the ILP sends the layer to the lowest bits and spends what it sa
 elsewhere. `negative_traces` says what the allocation uses instead:
 
   abs    |trace|: the curvature's size, whatever its sign (the default, measured on the
-         DETR mini PTQ table, README: the layer's loss moves that much either way)
+         DETR mini PTQ table, problems/COCO/README.md: the layer's loss moves that much either way)
   clamp  max(trace, 0): a layer of negative curvature counts as insensitive
   raw    the trace as estimated (the published formula)
 
