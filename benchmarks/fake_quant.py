@@ -42,7 +42,7 @@ from tables import markdown  # noqa: E402  (benchmarks/, the script's folder)
 from timing import median_seconds  # noqa: E402
 
 from quantlab.quant import quantizers as Q  # noqa: E402
-from quantlab.quant.layers import LSQWeight  # noqa: E402
+from quantlab.quant.algorithms.lsq import LSQWeight  # noqa: E402
 
 SIZES = {"mini": {"activation": (8, 16, 64, 64), "weight": (32, 32, 3, 3)},
          "paper": {"activation": (1, 256, 128, 128), "weight": (256, 256, 3, 3)}}

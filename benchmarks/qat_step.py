@@ -57,7 +57,7 @@ from quantlab.engine.config import build_config  # noqa: E402
 from quantlab.engine.task import Task, to_device  # noqa: E402
 from quantlab.modes import config_files  # noqa: E402
 from quantlab.quant.calibration import calibrate  # noqa: E402
-from quantlab.quant.controllers import INQController  # noqa: E402
+from quantlab.quant.algorithms.inq import INQController  # noqa: E402
 from quantlab.quant.editing import Rule, apply_recipe  # noqa: E402
 
 #: topology -> its problem and, per size, the --set overrides on the profile of that name

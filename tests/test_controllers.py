@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from quantlab.quant.controllers import INQController
+from quantlab.quant.algorithms.inq import INQController
 from quantlab.quant.editing import Rule, apply_recipe
 
 SCHEDULE = {0: 0.2, 2: 0.6, 4: 1.0}

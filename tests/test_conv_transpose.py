@@ -11,11 +11,12 @@ from quantlab.engine.checkpoint import load
 from quantlab.errors import ConfigError
 from quantlab.metrics.cost import cost_report
 from quantlab.metrics.size import size_report
-from quantlab.quant.controllers import INQController
+from quantlab.quant.algorithms.inq import INQController, INQWeight
+from quantlab.quant.algorithms.lsq import LSQWeight
+from quantlab.quant.algorithms.symmetric import SymmetricWeight
 from quantlab.quant.editing import Rule, apply_recipe, quantizable, rebuild
 from quantlab.quant.export import dequantize, export_integer, load_integer
-from quantlab.quant.layers import (INQWeight, LSQWeight, QuantConv2d, QuantConvTranspose2d, SymmetricWeight,
-                                   channel_axis)
+from quantlab.quant.layers import QuantConv2d, QuantConvTranspose2d, channel_axis
 
 STRIDE, PADDING, OUTPUT_PADDING = 2, 1, 1
 

@@ -16,7 +16,7 @@ from quantlab.deploy.memory import measure
 from quantlab.deploy.pipeline import deploy
 from quantlab.errors import CheckpointError
 from quantlab.quant.calibration import calibrate
-from quantlab.quant.controllers import INQController
+from quantlab.quant.algorithms.inq import INQController
 from quantlab.quant.editing import Rule, apply_recipe
 from quantlab.quant.layers import Grid
 

@@ -4,8 +4,11 @@ import torch
 from torch import nn
 
 from quantlab.errors import ConfigError
+from quantlab.quant.algorithms.inq import INQWeight
+from quantlab.quant.algorithms.lsq import LSQWeight
+from quantlab.quant.algorithms.symmetric import SymmetricWeight
 from quantlab.quant.editing import Rule, apply_recipe
-from quantlab.quant.layers import INQWeight, LSQWeight, QuantConv2d, QuantLinear, SymmetricWeight
+from quantlab.quant.layers import QuantConv2d, QuantLinear
 
 
 class Toy(nn.Module):
@@ -74,3 +77,38 @@ def test_widedepth_groups_partition_its_layers_and_quantize_cleanly():
     assert len(quantized) == len(names) - 3
     logits, poses = model(torch.randn(2, 3, 64, 64))
     assert torch.isfinite(torch.cat([p.flatten() for p in logits + poses])).all()
+
+
+def test_the_docs_worked_quantizer_is_one_file_that_every_entry_point_accepts(tmp_path):
+    """docs/quantization.md's example family, run as written: the registry lists it, a
+    rule takes it within its bits, the editor builds its quantizer, the schema's
+    `quantizers: weight` choices take it; removed again afterwards."""
+    import re
+
+    from quantlab.quant import algorithms
+    from tests.conftest import REPO, config
+    text = (REPO / "docs" / "quantization.md").read_text()
+    section = text[text.index("## Adding a quantizer"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "pow2" not in algorithms.REGISTRY
+    namespace: dict = {"__name__": "quantlab.quant.algorithms.pow2"}
+    try:
+        exec(compile(code, "docs/quantization.md", "exec"), namespace)
+        assert "pow2" in algorithms.names("weight") and "pow2" not in algorithms.names("activation")
+        with pytest.raises(ConfigError, match="pow2 takes 2-8 bits, got 1"):
+            Rule.from_config({"modules": "fpn", "algorithm": "pow2", "bits": 1}, "quantize.rules[0]")
+        model = Toy()
+        apply_recipe(model, [Rule.from_config({"modules": "fpn", "algorithm": "pow2", "bits": 3}, "r")], GROUPS)
+        layer = model.fpn["out"]
+        assert type(layer.wq).__name__ == "Pow2Weight"
+        w = layer.weight.detach()
+        q = layer.quantized_weight().detach()
+        ratio = q.abs() / w.abs().max()  # every value on sign(w) max|w| 2^k, k in -3..0
+        assert torch.equal(torch.sign(q), torch.sign(w))
+        assert all(any(torch.isclose(r, torch.tensor(2.0 ** -k)) for k in range(4)) for r in ratio.flatten())
+        cfg = config("SwissCube/Widedepth", sets=["mqat.algorithm=pow2", "hawq.algorithm=pow2"])
+        assert cfg["mqat"]["algorithm"] == cfg["hawq"]["algorithm"] == "pow2"
+    finally:
+        algorithms.REGISTRY.pop("pow2", None)
+    with pytest.raises(ConfigError, match=r"'pow2' is not one of \['inq', 'lsq', 'symmetric'\]"):
+        config("SwissCube/Widedepth", sets=["hawq.algorithm=pow2"])

@@ -7,7 +7,7 @@ from torch import nn
 from quantlab.engine.checkpoint import load
 from quantlab.errors import CheckpointError
 from quantlab.metrics.size import size_report
-from quantlab.quant.controllers import INQController
+from quantlab.quant.algorithms.inq import INQController
 from quantlab.quant.editing import Rule, apply_recipe
 from quantlab.quant.export import dequantize, export_integer, load_integer, pack, unpack
 
@@ -22,7 +22,7 @@ def test_pack_unpack_round_trip_every_bit_width(bits):
 
 
 def test_the_sign_code_is_a_grid_of_two_codes_without_zero():
-    from quantlab.quant.layers import SymmetricWeight
+    from quantlab.quant.algorithms.symmetric import SymmetricWeight
     w = torch.tensor([[0.5, -0.25], [0.0, -1.0]])
     grid = SymmetricWeight(1).grid(w)
     values = SymmetricWeight(1)(w)  # sign(W) x mean|W|, 0 counts as +

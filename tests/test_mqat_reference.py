@@ -14,9 +14,8 @@ import torch
 from problems.SwissCube.Widedepth import build_task
 from quantlab.errors import CheckpointError
 from quantlab.quant import reference
-from quantlab.quant.controllers import INQController
+from quantlab.quant.algorithms.inq import INQController, INQWeight
 from quantlab.quant.editing import Rule, apply_recipe
-from quantlab.quant.layers import INQWeight
 from tests.conftest import REPO, config
 from tests.test_engine import TINY_SET, exp_dir, main_cmd, run
 

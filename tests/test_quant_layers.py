@@ -3,8 +3,11 @@ import pytest
 import torch
 from torch import nn
 
-from quantlab.quant.layers import (INQWeight, LSQActivation, LSQWeight, QuantConv2d, QuantLinear,
-                                   QuantMultiheadAttention, STEActivation, SymmetricWeight, weights_quantized_once)
+from quantlab.quant.algorithms.inq import INQWeight
+from quantlab.quant.algorithms.lsq import LSQActivation, LSQWeight
+from quantlab.quant.algorithms.ste import STEActivation
+from quantlab.quant.algorithms.symmetric import SymmetricWeight
+from quantlab.quant.layers import QuantConv2d, QuantLinear, QuantMultiheadAttention, weights_quantized_once
 from quantlab.quant.quantizers import inq_quantize
 
 
@@ -142,7 +145,7 @@ def test_quantized_attention_equals_float_attention_with_quantized_projections(b
 
 
 def test_inq_freezes_the_packed_attention_projection():
-    from quantlab.quant.controllers import INQController
+    from quantlab.quant.algorithms.inq import INQController
     torch.manual_seed(0)
     mha = nn.MultiheadAttention(8, 2)
     model = nn.Sequential()

@@ -9,6 +9,8 @@ catches the typo that would otherwise silently train with the default. Each file
 `schema:` mapping gives allowed values and ranges ({dotted key: rule}), so that
 `training.batch_size=0` or an unknown optimizer stops the run before anything is created:
   choices: [...]   the value (or each item of a list) is one of these
+  quantizers: K    ... one of the registered quantizer families of kind K (weight,
+                   activation: quantlab.quant.algorithms)
   min / max        numeric bounds, inclusive; above: a strict lower bound
   open: true       a mapping of free entries (e.g. {epoch: fraction}), replaced whole
   overlays: S      a mapping of some of section S's keys laid over it, checked as S's
@@ -25,10 +27,11 @@ from typing import Any, Iterable
 import yaml
 
 from quantlab.errors import ConfigError
+from quantlab.quant.algorithms import names
 
 Config = dict[str, Any]
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-RULES = {"choices", "min", "max", "above", "open", "overlays"}
+RULES = {"choices", "quantizers", "min", "max", "above", "open", "overlays"}
 
 
 class _UniqueKeys(yaml.SafeLoader):
@@ -203,6 +206,8 @@ def _layers(defaults_files: list[Path], topology_file: Path) -> tuple[Schema, di
     for key, rule in rules.items():
         if not isinstance(rule, dict) or not set(rule) <= RULES:
             raise ConfigError(f"schema of '{key}': expected a mapping of {sorted(RULES)}, got {rule!r}")
+        if rule.get("quantizers", "weight") not in ("weight", "activation"):
+            raise ConfigError(f"schema of '{key}': quantizers must be weight or activation, got {rule['quantizers']!r}")
     replaced = open_keys(rules)
     topo_defaults = topo.get("defaults") or {}
     cfg = copy.deepcopy(base)
@@ -249,6 +254,8 @@ def _value_error(key: str, value: Any, rule: dict) -> str | None:
         return next((e for e in (_value_error(key, v, rule) for v in value) if e), None)
     if "choices" in rule and value not in rule["choices"]:
         return f"config key '{key}': {value!r} is not one of {rule['choices']}"
+    if "quantizers" in rule and value not in names(rule["quantizers"]):
+        return f"config key '{key}': {value!r} is not one of {list(names(rule['quantizers']))}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if "min" in rule and value < rule["min"]:

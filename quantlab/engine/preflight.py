@@ -12,8 +12,8 @@ from quantlab.engine.distributed import World
 from quantlab.engine.logbook import checkpoint_path, names_experiment_checkpoint
 from quantlab.errors import CheckpointError, ConfigError, DataError, ExperimentError, QuantlabError, shared
 from quantlab.engine.task import Task
+from quantlab.quant.algorithms import REGISTRY, check_epochs
 from quantlab.quant.editing import Rule
-from quantlab.quant.qat import inq_finishes, inq_schedule
 
 
 def writable_folder(path: Path, what: str) -> None:
@@ -48,15 +48,18 @@ def device(choice: str) -> None:
 
 
 def recipe(qcfg: dict, epochs: int | None) -> None:
-    """Every `quantize.rules` entry names a known algorithm at a valid bit-width, and the
-    INQ schedule (what INQ rules and MQAT's INQ stages follow) is one; a run that trains
-    its INQ rules for `epochs` (None: it trains none) must finish the schedule in them."""
+    """Every `quantize.rules` entry names a registered family at a bit-width it takes,
+    every family's own settings are valid (INQ's schedule, which MQAT's INQ stages follow
+    too), and a run that trains its rules for `epochs` (None: it trains none) finishes
+    their schedules in them."""
     rules = [Rule.from_config(entry, f"quantize.rules[{i}]") for i, entry in enumerate(qcfg["rules"])]
-    inq = any(r.algorithm == "inq" for r in rules)
-    if qcfg["inq_schedule"] or inq:
-        inq_schedule(qcfg["inq_schedule"])
-    if inq and epochs is not None:
-        inq_finishes(qcfg["inq_schedule"], epochs, "training.epochs")
+    used = {r.algorithm for r in rules}
+    for name, algorithm in REGISTRY.items():
+        if algorithm.check_settings is not None:
+            algorithm.check_settings(qcfg, name in used)
+    if epochs is not None:
+        for name in dict.fromkeys(r.algorithm for r in rules):
+            check_epochs(name, qcfg, epochs, "training.epochs")
 
 
 def checkpoint(spec: str, saves: Path | None) -> None:

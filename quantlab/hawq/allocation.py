@@ -13,9 +13,9 @@ from quantlab.engine.loaders import train_loader
 from quantlab.engine.runs import final_evaluation, fit_child, load_model
 from quantlab.engine.task import to_device
 from quantlab.errors import ConfigError
+from quantlab.quant.algorithms import check_epochs
 from quantlab.quant.editing import layer_rules, quantizable_weights
 from quantlab.quant.layers import FLOAT_BITS
-from quantlab.quant.qat import inq_finishes
 from quantlab.records import read_json
 from quantlab.sensitivity.hessian import hutchinson_samples
 from quantlab.sensitivity.ilp import Problem, solve
@@ -70,8 +70,7 @@ def run_hawq(ctx: RunContext) -> dict:
     """The allocation (`hawq/allocation.json`), then QAT at its bits in the child `qat`;
     a resumed run keeps a finished allocation and continues the QAT child."""
     settings = ctx.cfg["hawq"]
-    if settings["algorithm"] == "inq":
-        inq_finishes(ctx.cfg["quantize"]["inq_schedule"], settings["epochs"], "hawq.epochs")
+    check_epochs(settings["algorithm"], ctx.cfg["quantize"], settings["epochs"], "hawq.epochs")
     result = read_json(ctx.logbook.root / "hawq" / "allocation.json")
     if not result:
         result = allocation(ctx)

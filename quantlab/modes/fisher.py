@@ -18,6 +18,7 @@ from quantlab.errors import ConfigError
 from quantlab.modes import WORKER, Child, Mode, publish, task_tables
 from quantlab.ptq.schemes import check_hooks
 from quantlab.ptq.traces import average_precision, float_weights, scheme_bits, traced
+from quantlab.quant.algorithms import check_epochs
 from quantlab.quant.editing import layer_rules
 from quantlab.quant.layers import FLOAT_BITS
 
@@ -67,6 +68,7 @@ def run(ctx: RunContext) -> None:
     each); results in `fisher/results.json`, then the table."""
     settings, task = ctx.cfg["fisher"], ctx.task
     check(task, settings, ctx.cfg["ptq"]["ranges"])
+    check_epochs(settings["algorithm"], ctx.cfg["quantize"], settings["epochs"], "fisher.epochs")
     jobs = Jobs(ctx, "fisher", tuple(MODE.parts))
     plans = allocations(ctx, jobs)
     results = jobs.ledger(ctx.logbook.root / "fisher" / "results.json")

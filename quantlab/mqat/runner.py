@@ -15,9 +15,9 @@ from quantlab.engine.config import child_config
 from quantlab.engine.context import RunContext
 from quantlab.engine.runs import evaluate_child, evaluation_at, final_evaluation, fit_child
 from quantlab.mqat.search import Run
+from quantlab.quant.algorithms import check_epochs
 from quantlab.quant.editing import layer_rules
 from quantlab.quant.layers import FLOAT_BITS
-from quantlab.quant.qat import inq_finishes
 from quantlab.records import Ledger
 
 FINETUNE = "finetune"  # the tag of a run that quantizes nothing: float fine-tuning alone
@@ -54,17 +54,16 @@ def float_entry(ctx: RunContext, ledger: Ledger | Claimed) -> dict[str, Any]:
 class StagedRuns:
     """`run(bits, order)` for the searches of quantlab.mqat.search; `algorithm` and
     `epochs` default to `mqat.algorithm` and `mqat.stage_epochs` (baselines change them).
-    INQ stages must finish `quantize.inq_schedule` in their epochs: checked here, before
-    any of them runs."""
+    Stages must finish their family's schedule (INQ's `quantize.inq_schedule`) in their
+    epochs: checked here, before any of them runs."""
 
     def __init__(self, ctx: RunContext, algorithm: str | None = None, epochs: int | None = None) -> None:
         self.ctx = ctx
         self.modules = list(ctx.task.groups)
         self.algorithm = algorithm
         self.epochs = epochs or ctx.cfg["mqat"]["stage_epochs"]
-        if (algorithm or ctx.cfg["mqat"]["algorithm"]) == "inq":
-            inq_finishes(ctx.cfg["quantize"]["inq_schedule"], self.epochs,
-                         "mqat.stage_epochs" if epochs is None else "an MQAT baseline")
+        check_epochs(algorithm or ctx.cfg["mqat"]["algorithm"], ctx.cfg["quantize"], self.epochs,
+                     "mqat.stage_epochs" if epochs is None else "an MQAT baseline")
 
     def stage_config(self, modules: list[str], bits: dict[str, int], source: Path) -> dict:
         rules = layer_rules({m: bits[m] for m in modules}, self.algorithm or self.ctx.cfg["mqat"]["algorithm"])

@@ -18,14 +18,12 @@ import torch
 from torch import nn
 
 from quantlab.errors import ConfigError
-from quantlab.quant.layers import (INQWeight, LSQActivation, LSQWeight, QuantConv2d, QuantConvTranspose2d,
-                                   QuantLinear, QuantMultiheadAttention, STEActivation, SymmetricWeight,
+from quantlab.quant.algorithms import REGISTRY, family
+from quantlab.quant.layers import (QuantConv2d, QuantConvTranspose2d, QuantLinear, QuantMultiheadAttention,
                                    channel_axis)
 
-ALGORITHMS = ("symmetric", "lsq", "inq")
-ACTIVATIONS = ("ste", "lsq")
-#: the one 1-bit code, sign(W) x mean|W|, whatever the algorithm asked for (INQ and LSQ
-#: start at 2 bits)
+#: the one 1-bit code, sign(W) x mean|W|, whatever the algorithm asked for (the families
+#: whose bit range starts at 2)
 ONE_BIT = "symmetric"
 
 
@@ -46,13 +44,11 @@ class Rule:
         if unknown:
             raise ConfigError(f"{where}: unknown recipe key(s) {sorted(unknown)} (known: {sorted(known)})")
         rule = cls(**entry)
-        if rule.algorithm not in ALGORITHMS:
-            raise ConfigError(f"{where}: algorithm {rule.algorithm!r} is not one of {ALGORITHMS}")
-        if rule.act_algorithm not in (None, *ACTIVATIONS):
-            raise ConfigError(f"{where}: act_algorithm {rule.act_algorithm!r} is not one of {ACTIVATIONS}")
-        low = 1 if rule.algorithm == "symmetric" else 2
-        if not low <= rule.bits <= 8:
-            raise ConfigError(f"{where}: {rule.algorithm} takes {low}-8 bits, got {rule.bits}")
+        low, high = family(rule.algorithm, "weight", f"{where}: algorithm").bits
+        if rule.act_algorithm is not None:
+            family(rule.act_algorithm, "activation", f"{where}: act_algorithm")
+        if not low <= rule.bits <= high:
+            raise ConfigError(f"{where}: {rule.algorithm} takes {low}-{high} bits, got {rule.bits}")
         return rule
 
 
@@ -106,22 +102,14 @@ def quantizable_weights(model: nn.Module, exclude: list[str], patterns: dict) ->
 
 
 def weight_quantizer(weight: nn.Parameter, rule: Rule, axis: int = 0, loading: bool = False) -> nn.Module:
-    """The rule's quantizer for `weight`; per channel, its scales lie along `axis` (the
-    layer's `channel_axis`). INQ is per tensor; `loading` (a checkpoint's state follows)
-    skips its scale search, whose result the checkpoint would overwrite."""
-    if rule.algorithm == "symmetric":
-        return SymmetricWeight(rule.bits, rule.per_channel, axis)
-    if rule.algorithm == "lsq":
-        return LSQWeight(weight, rule.bits, rule.per_channel, axis)
-    return INQWeight(weight, rule.bits, search_scale=not loading)
+    """The rule's family's quantizer for `weight`; per channel, its scales lie along `axis`
+    (the layer's `channel_axis`); `loading`: a checkpoint's state follows."""
+    return REGISTRY[rule.algorithm].weight(weight, rule.bits, rule.per_channel, axis, loading)
 
 
 def build_layer(layer: nn.Module, rule: Rule, loading: bool = False) -> nn.Module:
-    aq = None
-    if rule.act_algorithm == "ste":
-        aq = STEActivation(rule.act_bits, rule.act_signed)
-    elif rule.act_algorithm == "lsq":
-        aq = LSQActivation(rule.act_bits, rule.act_signed)
+    aq = None if rule.act_algorithm is None else REGISTRY[rule.act_algorithm].activation(rule.act_bits,
+                                                                                         rule.act_signed)
     if isinstance(layer, nn.MultiheadAttention):
         return QuantMultiheadAttention.from_float(
             layer, weight_quantizer(layer.in_proj_weight, rule, channel_axis(layer), loading),

@@ -18,7 +18,7 @@ from torch import nn
 
 from quantlab.errors import CheckpointError
 from quantlab.files import write_atomic
-from quantlab.quant.layers import Grid, INQWeight, _Quantized
+from quantlab.quant.layers import Grid, _Quantized
 from quantlab.quant.quantizers import along
 
 FORMAT = "quantlab-int/1"
@@ -103,8 +103,8 @@ def load_integer(model: nn.Module, file: dict, source: str) -> None:
                                   f"{layer.wq.bits}-bit {list(layer.float_weight().shape)} in the model")
         value = dequantize(entry).to(layer.float_weight().dtype)
         state[key] = value
-        if isinstance(layer.wq, INQWeight):
-            state[_key(name, "wq.weight_frozen")] = value
+        for extra, tensor in getattr(layer.wq, "integer_state", lambda v: {})(value).items():
+            state[_key(name, f"wq.{extra}")] = tensor
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(f"{source}: state does not match the model (missing {result.missing_keys[:4]}, "

@@ -1,9 +1,10 @@
-"""Stateful quantizers and the quantized Conv2d / ConvTranspose2d / Linear /
+"""The quantizers' base classes and the quantized Conv2d / ConvTranspose2d / Linear /
 MultiheadAttention that use them.
 
 A quantized layer keeps the float layer's weights (it is built from it, never
 re-initialised) and applies a weight quantizer `wq` and, optionally, an input activation
-quantizer `aq`. Per-channel weight quantizers take one scale per output channel, along
+quantizer `aq`; the quantizers themselves live in their families
+(quantlab.quant.algorithms), on the base classes here. Per-channel weight quantizers take one scale per output channel, along
 the weight's output-channel axis: `channel_axis(layer)` (1 for ConvTranspose2d, whose
 weight is [in, out/groups, kH, kW]; 0 for the others). Every piece of state (LSQ steps,
 INQ frozen values, calibrated ranges) is a parameter or buffer, so it travels in the
@@ -19,7 +20,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from quantlab.quant import quantizers as Q
 
 #: the bits an unquantized weight or activation counts in sizes and BOPs, and how a bit
 #: plan writes a module left in float
@@ -79,105 +79,6 @@ class _ChannelWeight(nn.Module):
         return f"bits={self.bits}, per_channel={self.per_channel}, axis={self.axis}"
 
 
-class SymmetricWeight(_ChannelWeight):
-    """Max-abs symmetric linear weights (bits 2-8), or the 1-bit sign code."""
-
-    def __init__(self, bits: int, per_channel: bool = False, axis: int = 0) -> None:
-        if bits != 1:
-            Q.signed_levels(bits)  # validates the range
-        super().__init__(bits, per_channel, axis)
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if self.bits == 1:
-            return Q.sign_binary(w, self.per_channel, self.axis)
-        return Q.symmetric_linear(w, self.bits, self.per_channel, self.axis)
-
-    def grid(self, w: torch.Tensor) -> Grid:
-        if self.bits == 1:
-            return Grid(Q.sign_scale(w.detach(), self.per_channel, self.axis), -1, 1, self.grid_axis, step=2)
-        q = Q.signed_levels(self.bits)
-        return Grid(Q.symmetric_scale(w, self.bits, self.per_channel, self.axis), -q, q, self.grid_axis)
-
-
-class LSQWeight(_ChannelWeight):
-    """LSQ weights: a learned step per tensor (shape [1]) or per channel of `axis` (shaped
-    to broadcast: [C, 1, 1, 1] on axis 0, [1, C, 1, 1] on axis 1), signed range."""
-
-    def __init__(self, weight: torch.Tensor, bits: int, per_channel: bool = False, axis: int = 0) -> None:
-        super().__init__(bits, per_channel, axis)
-        self.q_neg, self.q_pos = Q.lsq_range(bits, signed=True)
-        init = Q.lsq_init_step(weight, self.q_pos, per_channel, axis)
-        self.step = nn.Parameter((init if per_channel else init.reshape(1)).clone())
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return Q.lsq(w, self.step, self.q_neg, self.q_pos)
-
-    def grid(self, w: torch.Tensor) -> Grid:
-        return Grid(self.step.detach(), -self.q_neg, self.q_pos, self.grid_axis)
-
-
-class INQWeight(nn.Module):
-    """Incremental network quantization (Zhou et al. 2017) as the MQAT code stores it.
-
-    `weight_frozen` holds NaN where an entry still trains and its quantized value where it
-    is frozen; `weight_s` is the level scale s of linspace(-s, s, 2^b - 1). The forward
-    weight is the frozen value where there is one, else the float weight.
-    """
-
-    #: buffers whose NaN entries are marks (not yet frozen), not a failure
-    nan_marks = ("weight_frozen",)
-
-    def __init__(self, weight: torch.Tensor, bits: int, search_scale: bool = True) -> None:
-        """`search_scale=False` leaves s unset (NaN) for a checkpoint to load: the search
-        (about a second per large layer) would be overwritten."""
-        super().__init__()
-        self.bits = bits
-        self.register_buffer("weight_frozen", torch.full_like(weight.detach(), float("nan")))
-        scale = Q.inq_scale(weight, bits) if search_scale else torch.tensor(float("nan"), dtype=weight.dtype)
-        self.register_buffer("weight_s", scale.reshape(1))
-
-    def frozen(self) -> torch.Tensor:
-        return ~torch.isnan(self.weight_frozen)
-
-    def trainable(self) -> torch.Tensor:
-        """1.0 where an entry still trains (its frozen value is NaN), else 0.0: a float
-        mask (NaN != NaN), which CPU kernels vectorize where bool masks are 3-10x slower."""
-        return torch.ne(self.weight_frozen, self.weight_frozen, out=torch.empty_like(self.weight_frozen))
-
-    def fraction(self) -> float:
-        return float(self.frozen().float().mean())
-
-    @torch.no_grad()
-    def freeze(self, weight: torch.Tensor, fraction: float) -> torch.Tensor:
-        """Freeze the largest-magnitude trainable entries until int(fraction x entries) are
-        frozen (the reference code's count: floor); frozen entries never change again.
-        Returns the mask of the new ones."""
-        frozen = self.frozen()
-        target = int(fraction * weight.numel())
-        todo = target - int(frozen.sum())
-        new = torch.zeros_like(frozen)
-        if todo <= 0:
-            return new
-        magnitude = weight.detach().abs().masked_fill(frozen, -1.0).flatten()
-        new.view(-1)[torch.topk(magnitude, todo).indices] = True
-        values = Q.inq_quantize(weight.detach(), self.weight_s, self.bits)
-        self.weight_frozen[new] = values[new]
-        return new
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        """frozen value + w x trainable: the frozen value where there is one, w elsewhere
-        (exactly, for finite w), and w's gradient masked to the trainable entries."""
-        return torch.addcmul(self.weight_frozen.nan_to_num(0.0), w, self.trainable())
-
-    def grid(self, w: torch.Tensor) -> Grid:
-        """The level grid (step s / half, codes in [-half, half]); fully frozen layers only."""
-        if not bool(self.frozen().all()):
-            raise ValueError(f"INQ layer is {self.fraction():.0%} frozen; only a fully frozen "
-                             "layer has integer weights")
-        half = (2 ** self.bits - 2) // 2
-        return Grid(self.weight_s.to(w.dtype) / half, -half, half, None)
-
-
 class _CalibratedActivation(nn.Module):
     """An activation quantizer whose range comes from a calibration pass.
 
@@ -204,79 +105,6 @@ class _CalibratedActivation(nn.Module):
 
     def end_calibration(self, value: torch.Tensor) -> None:
         raise NotImplementedError
-
-
-class STEActivation(_CalibratedActivation):
-    """Activations on a uniform grid whose range is calibrated (max|x|), then fixed.
-
-    After calibration x is clipped to the range and rounded with a straight-through
-    gradient. Unsigned inputs (after ReLU) use [0, max] with 2^b - 1 steps, signed ones
-    [-max, max] with 2^(b-1) - 1 steps on each side.
-    """
-
-    reduction = "max"
-
-    def __init__(self, bits: int, signed: bool) -> None:
-        super().__init__()
-        self.bits, self.signed = bits, signed
-        self.register_buffer("range", torch.zeros(1))
-
-    @property
-    def levels(self) -> int:
-        return 2 ** (self.bits - 1) - 1 if self.signed else 2 ** self.bits - 1
-
-    def calibration_statistic(self) -> torch.Tensor:
-        return self.range.clone()
-
-    def end_calibration(self, value: torch.Tensor) -> None:
-        if float(value) <= 0:
-            raise RuntimeError("STEActivation: calibration saw no non-zero input")
-        self.range.copy_(value.reshape(1))
-        self.calibrating.fill_(0)
-
-    def grid(self) -> Grid:
-        return Grid(self.range / self.levels, -self.levels if self.signed else 0, self.levels, None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.is_calibrating():
-            self.range.copy_(torch.maximum(self.range, x.detach().abs().max().reshape(1)))
-            return x
-        return Q.clipped_ste(x, self.range / self.levels, -self.levels if self.signed else 0, self.levels)
-
-
-class LSQActivation(_CalibratedActivation):
-    """LSQ activations: the step starts at 2 mean|x| / sqrt(Q_P) over the calibration
-    batches (the LSQ paper uses the first batch: one calibration batch), then is learned."""
-
-    reduction = "mean"
-
-    def __init__(self, bits: int, signed: bool) -> None:
-        super().__init__()
-        self.bits, self.signed = bits, signed
-        self.q_neg, self.q_pos = Q.lsq_range(bits, signed)
-        self.step = nn.Parameter(torch.zeros(1))
-        self.register_buffer("abs_mean_sum", torch.zeros(1))
-        self.register_buffer("batches", torch.zeros(1))
-
-    def calibration_statistic(self) -> torch.Tensor:
-        return self.abs_mean_sum / self.batches.clamp_min(1)
-
-    def end_calibration(self, value: torch.Tensor) -> None:
-        if float(value) <= 0:
-            raise RuntimeError("LSQActivation: calibration saw no non-zero input")
-        with torch.no_grad():
-            self.step.copy_((2 * value / self.q_pos ** 0.5).reshape(1))
-        self.calibrating.fill_(0)
-
-    def grid(self) -> Grid:
-        return Grid(self.step.detach(), -self.q_neg, self.q_pos, None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.is_calibrating():
-            self.abs_mean_sum.add_(x.detach().abs().mean())
-            self.batches.add_(1)
-            return x
-        return Q.lsq(x, self.step, self.q_neg, self.q_pos)
 
 
 class _Quantized:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from torch import nn
 
 from quantlab.errors import ConfigError
-from quantlab.quant.controllers import INQController
+from quantlab.quant.algorithms import REGISTRY
 from quantlab.quant.editing import Rule, apply_recipe
 from quantlab.quant.regularizers import FisherTrace, Objective
 
@@ -30,41 +30,15 @@ def enabled(qcfg: dict) -> bool:
     return bool(qcfg["rules"])
 
 
-def inq_schedule(schedule: dict) -> dict[int, float]:
-    """`quantize.inq_schedule` as {epoch: fraction}: epochs >= 0, fractions in (0, 1]
-    that never fall (INQ never unfreezes)."""
-    try:
-        steps = {int(e): float(f) for e, f in schedule.items()}
-    except (TypeError, ValueError):
-        raise ConfigError(f"config key 'quantize.inq_schedule': expected {{epoch: fraction}}, got {schedule!r}") from None
-    ordered = [steps[e] for e in sorted(steps)]
-    if not steps or min(steps) < 0 or any(not 0 < f <= 1 for f in ordered) or ordered != sorted(ordered):
-        raise ConfigError(f"config key 'quantize.inq_schedule': {schedule!r} must map epochs >= 0 to fractions "
-                          "in (0, 1] that never fall, e.g. {0: 0.5, 2: 1.0}")
-    return steps
-
-
-def inq_finishes(schedule: dict, epochs: int, epochs_key: str) -> None:
-    """An INQ schedule that freezes every weight within `epochs` (what `epochs_key` sets):
-    INQ layers are integer only once fully frozen, so a schedule that ends later (or below
-    100%) would leave a model that cannot be exported, which export would only say after
-    the training."""
-    steps = inq_schedule(schedule)
-    reached = max((f for e, f in steps.items() if e < epochs), default=0.0)
-    if reached < 1.0:
-        last = max(steps)
-        raise ConfigError(f"config key 'quantize.inq_schedule': within the {epochs} epoch(s) of {epochs_key} it freezes "
-                          f"{reached:.0%} of the INQ weights (its last step, epoch {last}, freezes {steps[last]:.0%}); "
-                          "INQ must reach 100% before the last epoch: shorten the schedule or train longer")
-
-
 def quantize_model(model: nn.Module, qcfg: dict, patterns: dict[str, str]) -> tuple[list[dict], dict]:
     """Edit `model` in place; return the per-layer report and the controllers to register."""
     rules = [Rule.from_config(entry, f"quantize.rules[{i}]") for i, entry in enumerate(qcfg["rules"])]
     report = apply_recipe(model, rules, patterns, qcfg["exclude"])
     controllers = {}
-    if any(r.algorithm == "inq" for r in rules):
-        controllers["inq"] = INQController(model, inq_schedule(qcfg["inq_schedule"]))
+    for name in dict.fromkeys(r.algorithm for r in rules):
+        algorithm = REGISTRY[name]
+        if algorithm.controller is not None:
+            controllers[name] = algorithm.controller(model, qcfg)
     return report, controllers
 
 

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from quantlab.errors import CheckpointError
+from quantlab.quant.algorithms.inq import INQWeight
 from quantlab.quant.editing import Rule, apply_recipe
-from quantlab.quant.layers import INQWeight, _Quantized
+from quantlab.quant.layers import _Quantized
 
 INQ_KEYS = ("weight_frozen", "weight_s")
 
