@@ -10,7 +10,7 @@ from torchvision.models import resnet
 from torchvision.ops import box_convert, generalized_box_iou
 
 from problems.COCO.dataset import CocoDetection, collate
-from problems.COCO.evaluation import coco_index, evaluate
+from problems.COCO.evaluation import coco_index, evaluate, table
 from problems.COCO.generator import CATEGORIES, generate
 from problems.COCO.DETR.loss import SetCriterion, hungarian_match
 from problems.COCO.DETR.network import DETR, FrozenBatchNorm2d
@@ -40,6 +40,9 @@ def test_ap_of_a_hand_made_case():
     assert metrics["mAP"] == pytest.approx(disc / 2) and metrics["critical_mAP"] == 0.0
     assert metrics["undefined_categories"] == 0
     assert metrics["APm"] == -1.0  # no medium object: COCOeval's -1
+    report = table(metrics)
+    assert "APm" in report and "-1.0" not in report
+    assert report.splitlines()[4] == f"{'APm':<14}{'n/a':>6}   (no ground truth in its range)"
 
 
 def test_a_category_with_only_crowd_ground_truth_has_no_ap_and_stays_out_of_the_means():

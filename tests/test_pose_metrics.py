@@ -79,3 +79,10 @@ def test_thresholds_compare_error_over_diameter_as_the_bop_toolkit_does():
     metrics = summarize([PoseRecord(500.0, error, error, 1.0)], diameter).metrics
     assert metrics["ADD-0.1d/all"] == 100.0 and metrics["ADI-0.1d/all"] == 100.0
     assert metrics["ADD-0.05d/all"] == 0.0
+
+
+def test_the_depth_figure_orders_thresholds_as_numbers():
+    from problems.SwissCube.evaluation import curves
+    keys = ["REP-10px", "REP-2px", "REP-5px", "ADI-0.5d", "ADI-0.1d", "ADI-0.3d", "ADD-0.1d"]
+    metrics = {f"{k}/near": 0.0 for k in keys} | {"REP-2px/all": 0.0, "count/near": 3}
+    assert curves(metrics) == ["ADI-0.1d", "ADI-0.3d", "ADI-0.5d", "REP-2px", "REP-5px", "REP-10px"]

@@ -73,8 +73,10 @@ def summarize(matched: COCOeval | None, ground_truth: COCO, critical: list[int])
 
 
 def table(metrics: dict[str, float]) -> str:
-    """The COCO summary, the critical-category mAP, then AP per category."""
-    head = [f"{k:<14}{metrics[k]:6.1f}" for k in (*SUMMARY, "critical_mAP")]
+    """The COCO summary, the critical-category mAP, then AP per category. A summary value
+    COCOeval leaves undefined (-1: no ground truth in that area range) reads `n/a`."""
+    head = [f"{k:<14}{metrics[k]:6.1f}" if metrics[k] >= 0 else f"{k:<14}{'n/a':>6}   (no ground truth in its range)"
+            for k in (*SUMMARY, "critical_mAP")]
     head[-1] += f"   (over {metrics['critical_categories']} critical categories)"
     cats = [f"AP {k[3:]:<22}{v:6.1f}" for k, v in sorted(metrics.items()) if k.startswith("AP/")]
     if metrics["undefined_categories"]:

@@ -1,6 +1,7 @@
 """SwissCube evaluation: match detections to ground truth, ADD/ADI/REP by depth bin, plot."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -53,14 +54,24 @@ def table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def curves(metrics: dict[str, float]) -> list[str]:
+    """The metrics drawn by depth (ADI at each k x diameter, REP at each pixel threshold),
+    in legend order: by family, then by threshold as a number (REP-2px before REP-10px;
+    sorting the names as text would not)."""
+    def order(key: str) -> tuple[str, float]:
+        family, _, threshold = key.partition("-")
+        return family, float(re.match(r"[0-9.]+", threshold).group(0))
+    drawn = {k.split("/")[0] for k in metrics if k.endswith("/near") and k.startswith(("ADI-", "REP-"))}
+    return sorted(drawn, key=order)
+
+
 def plot_by_depth(metrics: dict[str, float], path: Path) -> None:
     """Accuracy per depth bin (ADI at each k x diameter, REP at each pixel threshold)."""
     centres = [(metrics[f"depth_min/{g}"] + metrics[f"depth_max/{g}"]) / 2 for g in BIN_NAMES]
     fig, (ax_2d, ax_3d) = plt.subplots(1, 2, figsize=(9, 4))
-    for key in sorted({k.split("/")[0] for k in metrics if k.endswith("/near")}):
-        ax = ax_3d if key.startswith("ADI") else ax_2d if key.startswith("REP") else None
-        if ax is not None:
-            ax.plot(centres, [metrics[f"{key}/{g}"] for g in BIN_NAMES], marker="o", label=key)
+    for key in curves(metrics):
+        ax = ax_3d if key.startswith("ADI") else ax_2d
+        ax.plot(centres, [metrics[f"{key}/{g}"] for g in BIN_NAMES], marker="o", label=key)
     for ax, title in ((ax_2d, "2D reprojection"), (ax_3d, "ADI")):
         ax.set(title=title, xlabel="depth (mm)", ylabel="success rate (%)", ylim=(-2, 102))
         ax.grid(True)
