@@ -62,10 +62,11 @@ def storage_roots() -> tuple[Path, Path]:
 
 def resolve_init(spec, logs_root: Path, args: argparse.Namespace) -> Path | None:
     """`quantize.init`: an experiment id (its best checkpoint) or a checkpoint file."""
+    from quantlab.engine.logbook import Logbook, checkpoint_path
     from quantlab.errors import ConfigError
     if spec is None:
         return None
-    path = (logs_root / args.problem / args.topology / f"exp{int(spec):04d}" / "saves" / "best.pt"
+    path = (checkpoint_path(Logbook(logs_root, args.problem, args.topology, int(spec), writer=False).root, "best")
             if isinstance(spec, int) or str(spec).isdigit() else Path(spec))
     if not path.is_file():
         raise ConfigError(f"quantize.init: {path} not found")

@@ -89,7 +89,7 @@ class Session:
         return {n: Timing(**saved[self.timing_key(n)]) for n in self.campaign.experiments}
 
     def exp_folder(self, experiment: str, exp_id: int) -> Path:
-        return self.logs_root / self.campaign.problem / self.campaign.topology / f"exp{exp_id:04d}"
+        return Logbook(self.logs_root, self.campaign.problem, self.campaign.topology, exp_id, writer=False).root
 
 
 def plan(s: Session) -> None:

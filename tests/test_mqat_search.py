@@ -95,3 +95,14 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_candidates(tmp
     cube = module_cube(MODULES, 78.8, cached(Ledger(tmp_path / "ledger.json"), run))
     assert len(calls) == 3 + 5 and len(set(calls)) == 7  # only the interrupted one ran twice
     assert cube.ranking == ["fpn", "head", "backbone"]
+
+
+def test_a_candidate_names_its_ledger_entry_and_its_folder():
+    """The key and folder of existing experiments (a resumed search finds its children by them)."""
+    from quantlab.mqat.runner import Candidate
+    one = Candidate.of({"head": 32, "backbone": 32, "fpn": 2}, ["fpn", "head", "backbone"], "lsq")
+    assert one.key == "lsq:backbone=32,fpn=2,head=32|fpn>head>backbone"
+    assert one.folder == "lsq_backbone32_fpn2_head32__fpn-head-backbone"
+    plain = Candidate.of({"fpn": 8, "backbone": 4}, None)
+    assert (plain.key, plain.folder) == ("backbone=4,fpn=8|", "backbone4_fpn8__")
+    assert Candidate.of({"fpn": 8, "backbone": 4}, None) == plain and len({plain, one}) == 2  # a value

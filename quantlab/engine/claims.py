@@ -121,8 +121,8 @@ class Jobs:
         self._held[key] = stack
         return "run", None
 
-    def obtain(self, ledger: Ledger, key: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
-        """The entry of `key`: recorded already (by any job), or run here under its claim;
+    def _obtain(self, ledger: Ledger, key: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        """Claimed.obtain: the entry of `key`: recorded already (by any job), or run here under its claim;
         None for a worker when another job holds it or saw it fail, and None for a child
         that failed here (recorded, and reported at the end of its part)."""
         if key in ledger:
@@ -174,8 +174,9 @@ class Jobs:
 
 
 class Claimed:
-    """A ledger whose children are claimed through `jobs` (the interface of Ledger that
-    the searches use: `entries`, `in`, `obtain`)."""
+    """A ledger whose children are claimed through `jobs`: the one way a search gets a
+    child's result (`obtain`, as Ledger.obtain for a single job), and the part a group of
+    children belongs to (`part`, `pending`)."""
 
     def __init__(self, jobs: Jobs, ledger: Ledger) -> None:
         self.jobs, self.inner = jobs, ledger
@@ -188,4 +189,15 @@ class Claimed:
         return key in self.inner
 
     def obtain(self, key: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
-        return self.jobs.obtain(self.inner, key, run)
+        """The entry of `key`: recorded already (by any job), or run here under its claim;
+        None for a worker when another job holds it or saw it fail."""
+        return self.jobs._obtain(self.inner, key, run)
+
+    def part(self, name: str) -> contextlib.AbstractContextManager:
+        """The children obtained within belong to part `name` (Jobs.part)."""
+        return self.jobs.part(name)
+
+    @property
+    def pending(self) -> int:
+        """Children this job left to other jobs: the part's records are partial."""
+        return self.jobs.pending

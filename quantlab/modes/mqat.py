@@ -101,9 +101,9 @@ def baselines(ctx: RunContext, done: Claimed, weights: dict[str, int], rest: int
     ablation bit-width, uniform QAT of every module per algorithm and bits, and HAWQ-V3
     at each budget of `mqat.baselines.hawq` (child `hawq-<budget>x`): the part `baselines`.
     `mqat/baselines.json`, once every run is in (a worker may see only some)."""
-    with done.jobs.part("baselines"):
+    with done.part("baselines"):
         out = _baselines(ctx, done, weights, rest)
-    if not done.jobs.pending:
+    if not done.pending:
         ctx.logbook.write_json("mqat/baselines.json", out)
     return out
 

@@ -19,10 +19,10 @@ def ledger(jobs: Jobs, ctx: RunContext) -> Claimed:
 def cube(ctx: RunContext, done: Claimed) -> Cube:
     """The float start, then the cube (part `cube`); finished probes come from the ledger.
     `mqat/cube.json` is written once every probe is in (a worker may see only some)."""
-    with done.jobs.part("cube"):
+    with done.part("cube"):
         start = float_entry(ctx, done)
         found = module_cube(list(ctx.task.groups), start["metric"], staged(ctx, done), ctx.cfg["mqat"]["probe_bits"])
-    if not done.jobs.pending:
+    if not done.pending:
         ctx.logbook.write_json("mqat/cube.json", {"float_metric": found.float_metric, "cube": found.cube,
                                                   "float_evaluation": start.get("evaluation"),
                                                   "singles": found.singles, "ranking": found.ranking})

@@ -7,6 +7,7 @@ a claimed ledger, jobs sharing the search run each candidate once (engine.claims
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,37 @@ from quantlab.records import Ledger
 FINETUNE = "finetune"  # the tag of a run that quantizes nothing: float fine-tuning alone
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One staged run of a search: bits per module, the flow (None: every quantized module
+    in one stage) and the quantizer family when it is not MQAT's own (the uniform
+    baselines). Its `key` names it in the ledger, its `folder` under `children/`."""
+    bits: tuple[tuple[str, int], ...]
+    order: tuple[str, ...] | None
+    algorithm: str | None = None
+
+    @classmethod
+    def of(cls, bits: dict[str, int], order: list[str] | None, algorithm: str | None = None) -> "Candidate":
+        return cls(tuple(sorted(bits.items())), None if order is None else tuple(order), algorithm)
+
+    @property
+    def key(self) -> str:
+        """E.g. 'backbone=32,fpn=2,head=32|fpn>head>backbone' (order part empty when
+        unordered), prefixed 'lsq:' for another family than MQAT's own."""
+        part = ",".join(f"{m}={b}" for m, b in self.bits)
+        return f"{self.algorithm + ':' if self.algorithm else ''}{part}|{'>'.join(self.order or ())}"
+
+    @property
+    def folder(self) -> str:
+        """E.g. 'lsq_backbone32_fpn2_head32__fpn-head-backbone': the key in characters a
+        folder name takes."""
+        part = "_".join(f"{m}{b}" for m, b in self.bits)
+        return f"{self.algorithm + '_' if self.algorithm else ''}{part}__{'-'.join(self.order or ())}"
+
+
 def candidate_key(bits: dict[str, int], order: list[str] | None, algorithm: str | None = None) -> str:
-    """E.g. 'backbone=32,fpn=2,head=32|fpn>head>backbone' (order part empty when unordered);
-    runs with another algorithm than MQAT's own (the uniform baselines) are prefixed 'lsq:'."""
-    part = ",".join(f"{m}={bits[m]}" for m in sorted(bits))
-    return f"{algorithm + ':' if algorithm else ''}{part}|{'>'.join(order or [])}"
+    """The ledger key of a candidate (Candidate.key)."""
+    return Candidate.of(bits, order, algorithm).key
 
 
 def cached(ledger: Ledger | Claimed, run: Run, algorithm: str | None = None) -> Run:
@@ -77,8 +104,7 @@ class StagedRuns:
         return [[m] for m in order if bits[m] != FLOAT_BITS]
 
     def __call__(self, bits: dict[str, int], order: list[str] | None) -> dict[str, Any]:
-        key = candidate_key(bits, order, self.algorithm)
-        name = key.replace("|", "__").replace(">", "-").replace(",", "_").replace("=", "").replace(":", "_")
+        name = Candidate.of(bits, order, self.algorithm).folder
         source, metrics, child = self.ctx.start, None, None
         for index, modules in enumerate(self.stages(bits, order), start=1):
             child = self.ctx.child(f"{name}/stage{index}", self.stage_config(modules, bits, source))
