@@ -45,3 +45,23 @@ def test_a_candidate_interrupted_in_stage_two_resumes_there_and_ends_the_same(tm
     resumed = checkpoint.load(stage2 / "last.pt")
     assert resumed["epoch"] == 2 and again["metric"] == whole["metric"]
     assert resumed["rank_digests"] == final["rank_digests"]  # bit-identical weights
+
+
+def test_the_trainer_follows_its_settings_not_the_config(tmp_path, tiny_root):
+    """TrainerSettings drive the trainer: here one epoch and a batch of 2, built by hand
+    over a configuration that says otherwise."""
+    from problems.SwissCube.Widedepth import build_task
+    from quantlab.engine.trainer import TrainerSettings
+    cfg = config("SwissCube/Widedepth", "mini", TINY_SET + ["training.epochs=3"])
+    logbook = Logbook(tmp_path, "SwissCube", "Widedepth", 0, writer=True)
+    logbook.create(cfg)
+    ctx = RunContext(build_task(cfg, tiny_root.parent), cfg, dist.init(1), logbook, torch.device("cpu"))
+    settings = dataclasses.replace(TrainerSettings.from_config(cfg), epochs=1, batch_size=2, eval_every=0)
+    assert settings.epochs != cfg["training"]["epochs"] and settings.batch_size != cfg["training"]["batch_size"]
+    trainer = Trainer(ctx, settings=settings)
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    saved = checkpoint.load(logbook.saves / "last.pt")
+    assert saved["epoch"] == 1 and not (logbook.saves / "epoch_0002.pt").exists()

@@ -7,13 +7,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from quantlab.engine.context import RunContext
 
 
-def train_loader(ctx: RunContext) -> tuple[object, DistributedSampler, DataLoader]:
+def train_loader(ctx: RunContext, batch_size: int, seed: int) -> tuple[object, DistributedSampler, DataLoader]:
     """The training split with augmentation, this rank's `DistributedSampler` shard
-    (reshuffled per epoch from the seed), whole batches only."""
+    (reshuffled per epoch from `seed`), whole batches of `batch_size` only."""
     data = ctx.task.dataset("train", train=True)
     sampler = DistributedSampler(data, num_replicas=ctx.world.size, rank=ctx.world.rank, shuffle=True,
-                                 seed=ctx.cfg["seed"], drop_last=True)
-    loader = DataLoader(data, batch_size=ctx.cfg["training"]["batch_size"], sampler=sampler,
+                                 seed=seed, drop_last=True)
+    loader = DataLoader(data, batch_size=batch_size, sampler=sampler,
                         collate_fn=ctx.task.collate, num_workers=ctx.cfg["engine"]["workers"], drop_last=True,
                         pin_memory=pin_memory(ctx.cfg["engine"]["pin_memory"], ctx.device))
     return data, sampler, loader

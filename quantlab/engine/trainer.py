@@ -10,6 +10,7 @@ import itertools
 import math
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,36 +50,69 @@ def read_weights(ctx: RunContext, model: torch.nn.Module, path: Path) -> list[di
     return rows
 
 
+@dataclass(frozen=True)
+class TrainerSettings:
+    """Every setting the trainer reads, named (detectron2's `from_config`): a test builds
+    one by hand, a run from its configuration."""
+    seed: int
+    epochs: int
+    batch_size: int
+    grad_clip: float
+    #: the optimizer, lr and schedule keys (quantlab.engine.optim reads them: the `training` section)
+    optimization: dict
+    lr_scaling: str
+    #: `engine.horovod`: compression and backward passes per step
+    horovod: dict
+    #: the `quantize` section: the recipe, calibration, schedules and loss terms
+    quantize: dict
+    compile: bool
+    eval_every: int
+    save_every: int
+    eval_split: str
+    select_split: str
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "TrainerSettings":
+        train, engine = cfg["training"], cfg["engine"]
+        return cls(seed=cfg["seed"], epochs=train["epochs"], batch_size=train["batch_size"],
+                   grad_clip=train["grad_clip"], optimization=train, lr_scaling=engine["lr_scaling"],
+                   horovod=engine["horovod"], quantize=cfg["quantize"], compile=engine["compile"],
+                   eval_every=engine["eval_every"], save_every=engine["save_every"],
+                   eval_split=engine["eval_split"], select_split=engine["select_split"])
+
+
 class Trainer:
     """Owns the model, optimizer and every stateful piece of one experiment."""
 
-    def __init__(self, ctx: RunContext, init: Path | None = None, resume: Path | None = None) -> None:
+    def __init__(self, ctx: RunContext, init: Path | None = None, resume: Path | None = None,
+                 settings: TrainerSettings | None = None) -> None:
         """`init`: weights to start from (float or partly quantized: the layers a quantlab
         checkpoint records are rebuilt first, then the config's recipe quantizes the rest
         from the loaded weights, which is how MQAT stages follow one another).
         `resume`: the checkpoint a continued run will restore; only its structure is read
-        here, so the optimizer is built over the right parameters."""
+        here, so the optimizer is built over the right parameters. `settings`: by default
+        the run's configuration's."""
         self.ctx = ctx
-        cfg, task, world = ctx.cfg, ctx.task, ctx.world
-        self.train_cfg = cfg["training"]
-        torch.manual_seed(cfg["seed"] + world.rank)  # ranks differ until the broadcast
+        task, world = ctx.task, ctx.world
+        self.settings = settings = settings or TrainerSettings.from_config(ctx.cfg)
+        torch.manual_seed(settings.seed + world.rank)  # ranks differ until the broadcast
         self.model = task.build_network()
         self.quant_layers: list[dict] = []
         if init is not None:
             self.quant_layers += read_weights(ctx, self.model, init)  # every rank: a file may change the architecture
         controllers: dict[str, Any] = {}
-        if qat.enabled(cfg["quantize"]):
-            layers, controllers = qat.quantize_model(self.model, cfg["quantize"], task.patterns)
+        if qat.enabled(settings.quantize):
+            layers, controllers = qat.quantize_model(self.model, settings.quantize, task.patterns)
             self.quant_layers += layers
         if resume is not None:
             self.quant_layers += rebuild(self.model, checkpoint.load(resume).get("quant_layers", []))
-        self.terms = qat.loss_terms(cfg["quantize"], getattr(task, "critical_loss", None))
+        self.terms = qat.loss_terms(settings.quantize, getattr(task, "critical_loss", None))
         self.model.to(ctx.device)
-        base = build_optimizer(list(self.model.named_parameters()), self.train_cfg, world.size,
-                               cfg["engine"]["lr_scaling"])
-        self.optimizer = dist.distributed_optimizer(base, self.model, cfg["engine"]["horovod"])
-        self.schedule = build_schedule(self.optimizer, self.train_cfg,
-                                       [int(e) for e in cfg["quantize"]["inq_schedule"]])
+        base = build_optimizer(list(self.model.named_parameters()), settings.optimization, world.size,
+                               settings.lr_scaling)
+        self.optimizer = dist.distributed_optimizer(base, self.model, settings.horovod)
+        self.schedule = build_schedule(self.optimizer, settings.optimization,
+                                       [int(e) for e in settings.quantize["inq_schedule"]])
         self.controllers = controllers
         self.stateful: dict[str, Any] = {"schedule": self.schedule, **controllers}
         self.epoch = 0
@@ -122,7 +156,7 @@ class Trainer:
     def _rescaled(self, optimizer: dict, stateful: dict, saved: int, source: str) -> tuple[dict, dict]:
         """Optimizer and schedule states of a `saved`-rank run for this world size: every lr
         times the change of `engine.lr_scaling`'s factor (x ranks under `linear`)."""
-        size, scaling, batch = self.ctx.world.size, self.ctx.cfg["engine"]["lr_scaling"], self.train_cfg["batch_size"]
+        size, scaling, batch = self.ctx.world.size, self.settings.lr_scaling, self.settings.batch_size
         ratio = lr_scale(scaling, size) / lr_scale(scaling, saved)
         self.ctx.say(f"{source}: saved by a {saved}-rank run, resumed on {size}: the global batch is "
                      f"{batch * size} instead of {batch * saved}, "
@@ -153,10 +187,10 @@ class Trainer:
         `quantize.calibration_batches` training batches of every rank (ranks combine)."""
         if not calibration.pending(self.model):
             return
-        data, sampler, loader = train_loader(self.ctx)
+        data, sampler, loader = train_loader(self.ctx, self.settings.batch_size, self.settings.seed)
         sampler.set_epoch(self.epoch)
         data.set_epoch(self.epoch)
-        count = self.ctx.cfg["quantize"]["calibration_batches"]
+        count = self.settings.quantize["calibration_batches"]
         batches = (to_device(b, self.ctx.device) for b in itertools.islice(loader, count))
         quantizers = len(calibration.pending(self.model))
         used = calibration.calibrate(self.model, batches, self.ctx.task.forward, dist.allreduce_statistic)
@@ -171,15 +205,15 @@ class Trainer:
 
     def fit(self) -> dict[str, float] | None:
         self.sync()
-        preflight.training_split(self.ctx.task, self.train_cfg["batch_size"], self.ctx.world)
+        preflight.training_split(self.ctx.task, self.settings.batch_size, self.ctx.world)
         self.calibrate()
-        if self.ctx.cfg["engine"]["compile"]:
+        if self.settings.compile:
             self.compile()
-        data, sampler, loader = train_loader(self.ctx)
+        data, sampler, loader = train_loader(self.ctx, self.settings.batch_size, self.settings.seed)
         metrics = None
         if self.eval_due:  # resumed after a run that saved its last epoch but did not evaluate it
             metrics = self._evaluate(self.epoch - 1, self._snapshot(self.epoch - 1))
-        for epoch in range(self.epoch, self.train_cfg["epochs"]):
+        for epoch in range(self.epoch, self.settings.epochs):
             sampler.set_epoch(epoch)
             data.set_epoch(epoch)
             for controller in self.controllers.values():
@@ -193,7 +227,7 @@ class Trainer:
             state = self._snapshot(epoch)
             self._save(epoch, state, is_best=False)  # before evaluating: a failed evaluation loses no epoch
             metrics = self._evaluate(epoch, state) if self.eval_due else None
-            self._log(epoch, terms, metrics, seconds, len(loader) * self.train_cfg["batch_size"] * self.ctx.world.size)
+            self._log(epoch, terms, metrics, seconds, len(loader) * self.settings.batch_size * self.ctx.world.size)
         return metrics
 
     def _train_epoch(self, loader: DataLoader, epoch: int) -> dict[str, float]:
@@ -203,9 +237,9 @@ class Trainer:
         task, model = self.ctx.task, self.model
         model.train()
         meter = MeanMeter()
-        clip = self.train_cfg["grad_clip"]
-        passes, batches = self.ctx.cfg["engine"]["horovod"]["backward_passes_per_step"], len(loader)
-        bar = progress(loader, desc=f"epoch {epoch + 1}/{self.train_cfg['epochs']}", enabled=self.ctx.world.is_main)
+        clip = self.settings.grad_clip
+        passes, batches = self.settings.horovod["backward_passes_per_step"], len(loader)
+        bar = progress(loader, desc=f"epoch {epoch + 1}/{self.settings.epochs}", enabled=self.ctx.world.is_main)
         start = time.perf_counter()
         for step, batch in enumerate(bar):
             first = step - step % passes
@@ -243,8 +277,8 @@ class Trainer:
         return dist.allreduce_mean(meter.means(), name=f"train.terms.{epoch}")
 
     def _evaluates(self, epoch: int) -> bool:
-        every = self.ctx.cfg["engine"]["eval_every"]
-        return epoch + 1 == self.train_cfg["epochs"] or (every > 0 and (epoch + 1) % every == 0)
+        every = self.settings.eval_every
+        return epoch + 1 == self.settings.epochs or (every > 0 and (epoch + 1) % every == 0)
 
     def _snapshot(self, epoch: int) -> dict[str, Any]:
         """The state to save after `epoch`, once the ranks agree and the model is sound."""
@@ -262,7 +296,7 @@ class Trainer:
         return {**self.state(), "metrics": None, "rank_digests": digests}
 
     def _save(self, epoch: int, state: dict[str, Any], is_best: bool) -> None:
-        every = self.ctx.cfg["engine"]["save_every"]
+        every = self.settings.save_every
         self.ctx.logbook.save(state, epoch + 1, keep_numbered=every > 0 and (epoch + 1) % every == 0,
                               is_best=is_best)
 
@@ -272,14 +306,14 @@ class Trainer:
         (`engine.select_split`, evaluated too when it is another split) scores it best; with
         `none`, best.pt is the last evaluated epoch. The test split never chooses unless
         the config says so."""
-        engine, metric = self.ctx.cfg["engine"], self.ctx.task.best_metric
-        last = epoch + 1 == self.train_cfg["epochs"]
-        metrics = self.evaluate(engine["eval_split"], epoch_tag(epoch + 1), quiet=not last)
-        select = engine["select_split"]
+        settings, metric = self.settings, self.ctx.task.best_metric
+        last = epoch + 1 == settings.epochs
+        metrics = self.evaluate(settings.eval_split, epoch_tag(epoch + 1), quiet=not last)
+        select = settings.select_split
         if select == "none":
             value, is_best = metrics[metric], True
         else:
-            chosen = metrics if select == engine["eval_split"] else \
+            chosen = metrics if select == settings.eval_split else \
                 self.evaluate(select, f"{epoch_tag(epoch + 1)}_{select}", quiet=True)
             value = chosen[metric]
             is_best = self.best is None or value > self.best
@@ -294,11 +328,11 @@ class Trainer:
 
     def selection(self) -> str:
         """Which epoch best.pt holds and what chose it, for the log."""
-        select, metric = self.ctx.cfg["engine"]["select_split"], self.ctx.task.best_metric
+        select, metric = self.settings.select_split, self.ctx.task.best_metric
         if select == "none":
             return f"best.pt: the last evaluated epoch, {self.best_epoch} (engine.select_split: none)"
         return (f"best.pt: epoch {self.best_epoch}, chosen by {metric} {self.best:.2f} on the {select} split "
-                f"(engine.select_split); reported above: the {self.ctx.cfg['engine']['eval_split']} split")
+                f"(engine.select_split); reported above: the {self.settings.eval_split} split")
 
     def _log(self, epoch: int, terms: dict[str, float], metrics: dict | None, seconds: float,
              images: int) -> None:
@@ -319,7 +353,7 @@ class Trainer:
         best = self.ctx.task.best_metric
         shown = f" {best}={metrics[best]:.2f}" if metrics else ""
         loss = " ".join(f"{k}={v:.4f}" for k, v in terms.items())
-        line(f"epoch {step}/{self.train_cfg['epochs']}: {loss} ({seconds:.1f}s, "
+        line(f"epoch {step}/{self.settings.epochs}: {loss} ({seconds:.1f}s, "
              f"{images / seconds:.1f} img/s, peak {peak:.0f} MiB){shown}")
 
     # evaluation ----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ def allocation(ctx: RunContext) -> dict:
     settings, task = ctx.cfg["hawq"], ctx.task
     model = load_model(ctx, ctx.start).eval()
     tensors = quantizable_weights(model, ctx.cfg["quantize"]["exclude"], task.patterns)
-    _, sampler, loader = train_loader(ctx)
+    _, sampler, loader = train_loader(ctx, ctx.cfg["training"]["batch_size"], ctx.cfg["seed"])
     sampler.set_epoch(0)
 
     def loss_of(batch):
