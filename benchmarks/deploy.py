@@ -42,7 +42,8 @@ from tables import markdown  # noqa: E402
 from quantlab.deploy.measure import RUNTIMES, calls, cpu_name  # noqa: E402
 from quantlab.deploy.memory import measure as peak_memory  # noqa: E402
 from quantlab.deploy.pipeline import FP32, INT8, deploy  # noqa: E402
-from quantlab.deploy.runtime import kind, time_shares  # noqa: E402
+from quantlab.deploy.kernels import kind  # noqa: E402
+from quantlab.deploy.runtime import time_shares  # noqa: E402
 from quantlab.quant.editing import Rule, apply_recipe  # noqa: E402
 from quantlab.quant.export import export_integer  # noqa: E402
 

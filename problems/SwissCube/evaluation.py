@@ -4,15 +4,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
 from problems.SwissCube.dataset import SwissCube
 from quantlab.metrics.bootstrap import Scored
+from quantlab.metrics.plots import pyplot
 from quantlab.metrics.pose import BIN_NAMES, PoseRecord, add_error, adi_error, rep_error, summarize
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (backend chosen first)
 
 
 def pose_records(predictions: list[dict], ground_truth: list[dict], data: SwissCube) -> list[PoseRecord]:
@@ -68,6 +65,7 @@ def curves(metrics: dict[str, float]) -> list[str]:
 def plot_by_depth(metrics: dict[str, float], path: Path) -> None:
     """Accuracy per depth bin (ADI at each k x diameter, REP at each pixel threshold)."""
     centres = [(metrics[f"depth_min/{g}"] + metrics[f"depth_max/{g}"]) / 2 for g in BIN_NAMES]
+    plt = pyplot()
     fig, (ax_2d, ax_3d) = plt.subplots(1, 2, figsize=(9, 4))
     for key in curves(metrics):
         ax = ax_3d if key.startswith("ADI") else ax_2d

@@ -19,22 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from quantlab.deploy.graph import simplified
-
-#: onnxruntime CPU kernels that compute on integers
-INTEGER_KERNELS = frozenset({
-    "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul",
-    "QLinearLeakyRelu", "QLinearSigmoid", "QLinearConcat", "QLinearAveragePool", "QLinearGlobalAveragePool",
-    "QLinearConvTranspose", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearSoftmax"})
-#: kernels that move between the integer and float domains
-CONVERSIONS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
-#: kernels that only move, copy or select values: they run on whatever type they are given
-MOVEMENT = frozenset({"Transpose", "DepthToSpace", "SpaceToDepth", "Reshape", "Resize", "Shape", "Slice", "Concat",
-                      "Gather", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Expand", "MaxPool", "Split",
-                      "ReorderInput", "ReorderOutput", "NhwcMaxPool"})
-#: float kernels with a weight: in a deployed model these should not remain
-FLOAT_WEIGHT_KERNELS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm",
-                                  "FusedMatMul", "NchwcConv"})
-
+from quantlab.deploy.kernels import FLOAT_WEIGHT_KERNELS
 
 def session(model: bytes | str | Path, threads: int, profile_prefix: str | None = None) -> ort.InferenceSession:
     """A CPU session at full optimisation, with `threads` intra-op threads, sequential."""
@@ -67,16 +52,6 @@ def float_weight_nodes(graph: onnx.GraphProto) -> list[str]:
 
 def operator_counts(graph: onnx.GraphProto) -> dict[str, int]:
     return dict(sorted(Counter(n.op_type for n in graph.node).items()))
-
-
-def kind(op_type: str) -> str:
-    """integer, conversion, movement or float: how an onnxruntime kernel computes. Float
-    kernels are the float islands."""
-    if op_type in INTEGER_KERNELS:
-        return "integer"
-    if op_type in CONVERSIONS:
-        return "conversion"
-    return "movement" if op_type in MOVEMENT else "float"
 
 
 def time_shares(model: Path, feeds: dict[str, np.ndarray], threads: int, runs: int) -> dict[str, float]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from quantlab.deploy.kernels import kind
 from quantlab.metrics.intervals import Evidence
 from quantlab.records import Table, read_json
-from quantlab.deploy.runtime import kind
 
 HEADER = ["model", "runtime", "metric", "vs torch model", "vs float", "p50 ms", "p90 ms", "session MiB", "file MiB"]
 

@@ -15,9 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quantlab.deploy.measure import timings
-from quantlab.deploy.pipeline import FP32, INT8, deploy
-from quantlab.deploy.session import DeployedModel
 from quantlab.deploy.table import deploy_table
 from quantlab.engine import distributed as dist
 from quantlab.engine.context import RunContext
@@ -67,6 +64,9 @@ def networks(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 def run(ctx: RunContext) -> None:
+    # onnx and onnxruntime take about a second to import: only a deploy run pays it
+    from quantlab.deploy.pipeline import FP32, INT8, deploy
+    from quantlab.deploy.session import DeployedModel
     trainer, source = loaded(ctx)
     try:
         reference = float_reference(ctx)
@@ -117,6 +117,7 @@ def run(ctx: RunContext) -> None:
 def measured(ctx: RunContext, made: dict, staging: Path) -> dict:
     """What the report says of the first network (all of a ZebraPose model's have one
     architecture): its graph, its plan, its latency, memory and file sizes."""
+    from quantlab.deploy.measure import timings
     part, found = next(iter(made["deployments"].items()))
     settings, plan = ctx.cfg["deploy"], found.plan
     return {"networks": list(made["deployments"]), "timed": part, "sizes": made["sizes"][part],

@@ -1,4 +1,4 @@
-"""The compression table drawn as paper A draws T-A4: accuracy against compression, one
+"""The compression table drawn as the MQAT paper draws its compression figure (T-A4): accuracy against compression, one
 line per method, ours with their bootstrap intervals beside the paper's points.
 
 It is drawn from the table itself (the cells the reader sees), so the figure and the table
@@ -9,13 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
 from quantlab.metrics.intervals import Estimate
+from quantlab.metrics.plots import pyplot
 from quantlab.records import Table
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (backend chosen first)
 
 #: the methods drawn as lines, in legend order (float is the horizontal reference)
 METHODS = ("MQAT", "HAWQ-V3", "LSQ uniform", "INQ uniform", "float fine-tuned")
@@ -23,6 +19,7 @@ METHODS = ("MQAT", "HAWQ-V3", "LSQ uniform", "INQ uniform", "float fine-tuned")
 
 def compression_figure(table: Table, task, path: Path) -> None:
     """`path` (PNG): the figure `draw` makes."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     draw(ax, table, task.published, task.best_metric)
     fig.tight_layout()
@@ -46,7 +43,7 @@ def draw(ax, table: Table, published: dict, metric: str) -> None:
     paper: dict[str, list[tuple[float, float]]] = {}
     for point in published.get("compression", []):
         paper.setdefault(point["method"], []).append((point["compression"], point["metric"]))
-    colours = plt.get_cmap("tab10")
+    colours = pyplot().get_cmap("tab10")
     for i, method in enumerate(METHODS):
         colour = colours(i)
         points = sorted(ours.get(method, []))

@@ -9,7 +9,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from scipy.optimize import brute, fmin
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -195,5 +194,6 @@ def inq_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
 
     def error(x: np.ndarray) -> float:
         return float(torch.linalg.vector_norm(inq_quantize(values, abs(float(np.ravel(x)[0])), bits) - values))
+    from scipy.optimize import brute, fmin  # a third of a second to import: INQ runs only
     best = brute(error, ranges=((1e-6, max(float(values.abs().max()), 2e-6)),), Ns=1000, finish=fmin, disp=False)
     return torch.tensor(abs(float(np.ravel(best)[0])), dtype=w.dtype)
