@@ -35,6 +35,31 @@ def gradients_step(world: dist.World, compression: str, passes: int) -> list[flo
     return [*model.weight.detach().flatten().tolist(), *model.bias.detach().tolist()]
 
 
+def trained_state(rank: int) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """A model, AdamW and StepLR that differ by rank: other weights, lr and steps taken."""
+    torch.manual_seed(rank)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1 * (rank + 2), weight_decay=0.5)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    for _ in range(rank + 1):
+        optimizer.zero_grad()
+        model(torch.full((1, 3), rank + 1.0)).square().sum().backward()
+        optimizer.step()
+        scheduler.step()
+    return model, optimizer, scheduler
+
+
+def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> dict:
+    """Every number of the training state, as JSON."""
+    state = optimizer.state_dict()
+    return {"weights": [p.detach().flatten().tolist() for p in model.parameters()],
+            "optimizer": {str(i): {k: torch.as_tensor(v).flatten().tolist() for k, v in sorted(s.items())}
+                          for i, s in state["state"].items()},
+            "lr": [g["lr"] for g in state["param_groups"]],
+            "scheduler": {"last_epoch": scheduler.last_epoch, "last_lr": scheduler.get_last_lr(),
+                          "base_lrs": scheduler.base_lrs}}
+
+
 def main(out: Path, backend: str) -> None:
     world = dist.init(1, stall_timeout=60, horovod={"cycle_time_ms": None, "fusion_threshold_mb": None,
                                                     "mpi_wait": "auto"}, backend=backend)
@@ -55,6 +80,10 @@ def main(out: Path, backend: str) -> None:
     model.running_mean.fill_(float(world.rank))
     dist.average_buffers(model)
     seen["buffers"] = model.running_mean.tolist()
+    trained = trained_state(world.rank)
+    seen["trained_before"] = snapshot(*trained)
+    dist.broadcast_training_state(trained[0], trained[1], {"scheduler": trained[2]})
+    seen["trained_after"] = snapshot(*trained)
     seen["step"] = gradients_step(world, "none", 1)
     seen["step_fp16"] = gradients_step(world, "fp16", 1)
     seen["step_two_passes"] = gradients_step(world, "none", 2)

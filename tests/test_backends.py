@@ -58,6 +58,18 @@ def test_every_collective_gives_the_hand_worked_result(seen):
     assert seen[0]["verdict"][1] is False and seen[1]["verdict"][1] is True  # reported once, by rank 0
 
 
+def test_a_trained_optimizer_and_scheduler_come_from_rank_0(seen):
+    """broadcast_training_state must give every rank rank 0's weights, its filled AdamW
+    state (step, moments, lr) and its scheduler's state, which rank 1 had different."""
+    rank0, rank1 = (s["trained_before"] for s in seen)
+    assert rank0["optimizer"]["0"]["step"] == [1.0] and rank1["optimizer"]["0"]["step"] == [2.0]
+    assert rank0["lr"] == [pytest.approx(0.2 / 2)] and rank1["lr"] == [pytest.approx(0.3 / 4)]
+    for key in ("weights", "optimizer", "lr", "scheduler"):
+        assert rank1[key] != rank0[key], key
+    for s in seen:
+        assert s["trained_after"] == rank0
+
+
 def test_gradients_are_averaged_over_ranks(seen):
     for s in seen:
         assert s["step"] == pytest.approx(expected_step("none"), abs=1e-7)

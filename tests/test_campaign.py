@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,23 +34,122 @@ def campaign(*args: str, env: dict[str, str], timeout: int = 300) -> subprocess.
 TIMING = {"train_float": 0.08, "train_quant": 0.1, "eval": 0.05, "device": "test device"}
 
 
+def files_under(root: Path) -> dict[str, bytes | None]:
+    """Every path under `root`, with a file's bytes (None for a folder)."""
+    return {str(f.relative_to(root)): f.read_bytes() if f.is_file() else None for f in sorted(root.rglob("*"))}
+
+
+def planned_children(spec: dict, experiment: dict) -> list:
+    """The child runs the experiment's mode plans for its configuration (the modes' own
+    planners, tested with the modes): the input the graph and estimate are checked on."""
+    import importlib
+    from quantlab.campaign.estimate import experiment_children
+    cfg = config(f"{spec['problem']}/{spec['topology']}", experiment.get("profile", spec["profile"]),
+                 [*(["quantize.init=0"] if experiment.get("start") else []), *experiment.get("overrides", [])])
+    task = importlib.import_module(f"problems.{spec['problem']}.{spec['topology']}").build_task(cfg, REPO / "data")
+    return experiment_children(experiment["mode"], cfg, task)
+
+
+def parse_graph(stdout: str) -> dict[str, dict]:
+    """The job lines of `plan`: {job: workers, mode, worker, child runs, after}."""
+    jobs = {}
+    for line in stdout.splitlines():
+        if " --mode " not in line:
+            continue
+        head, rest = line.split(" --mode ", 1)
+        name, _, workers = head.strip().partition(" x")
+        rest, _, after = rest.partition("   after ")
+        fields = rest.split(", ")
+        mode, _, worker = fields[0].partition(" --worker ")
+        kids = int(fields[1].split()[0]) if len(fields) > 1 else None
+        jobs[name] = {"workers": int(workers or 1), "mode": mode, "worker": worker or None, "children": kids,
+                      "after": after.split(", ") if after else []}
+    return jobs
+
+
+def parse_hours(stdout: str) -> dict[str, tuple[float, dict[str, float]]]:
+    """The estimate's lines: {experiment, 'campaign' or 'table T': (hours, {part: hours})}."""
+    found = {}
+    for line in stdout.split("\nestimate: ", 1)[1].splitlines()[1:]:
+        label, hours, split = re.fullmatch(r"  (.+?) +([0-9.]+) h(?:   \((.*)\))?", line).groups()
+        parts = dict((p.rsplit(" ", 1)[0], float(p.rsplit(" ", 1)[1])) for p in split.split(", ")) if split else {}
+        found[label] = (float(hours), parts)
+    return found
+
+
 @pytest.mark.parametrize("name", SHIPPED)
-def test_each_shipped_campaign_plans_its_graph_and_device_hours(name, tmp_path):
+def test_each_shipped_campaign_plans_its_jobs_and_device_hours_and_writes_nothing(name, tmp_path):
+    """`plan` of each shipped campaign, read back: its jobs are the graph the campaign file
+    and the planned child runs call for (a part with two or more children its own job of
+    min(8, children) Slurm workers, after the experiments it starts from and, ended, the
+    parts before it; the join after all of them), every device-hour figure is the estimate's
+    formula worked here over those child runs with a table counting each experiment it
+    transitively needs, and planning writes nothing, with or without timings."""
+    from quantlab.modes import MODES
     env = storage_env(tmp_path)
     spec = yaml.safe_load((REPO / "systems" / "campaigns" / f"{name}.yaml").read_text())
     where = f"{spec['problem']}/{spec['topology']}@{spec['profile']}"
+    experiments = spec["experiments"]
+    children = {e: planned_children(spec, experiments[e]) for e in experiments}
+
+    def needs(e: str) -> list[str]:
+        start = experiments[e].get("start")
+        return ([start] if start else []) + [a for a in experiments[e].get("after", []) if a != start]
+
+    jobs = {}
+    for e, exp in experiments.items():
+        mode, made = exp["mode"], []
+        for part, before in MODES[mode].parts.items():
+            count = sum(c.part == part for c in children[e])
+            if count >= 2:  # slurm.yaml: jobs 8
+                jobs[f"{e}:{part}"] = {"workers": min(8, count), "mode": mode, "worker": part, "children": count,
+                                       "after": needs(e) + [f"{e}:{b} (ended)" for b in before if b in made]}
+                made.append(part)
+        jobs[e] = {"workers": 1, "mode": mode, "worker": None,
+                   "children": len(children[e]) if MODES[mode].parts else None,
+                   "after": needs(e) + [f"{e}:{p} (ended)" for p in made]}
+    assert any(j["workers"] > 1 for j in jobs.values())  # a fan-out is planned in every shipped campaign
+
+    before = files_under(tmp_path)
     out = campaign("plan", name, "--system", "slurm", env=env)
     assert out.returncode == 0, out.stderr
-    assert "no timings" in out.stdout and "measure" in out.stdout
-    for experiment in spec["experiments"]:
-        assert f"\n  {experiment} " in out.stdout or f"\n  {experiment}:" in out.stdout
+    assert parse_graph(out.stdout) == jobs
+    assert "\nestimate: " not in out.stdout and f"measure {name} --system slurm" in out.stdout
+    assert files_under(tmp_path) == before
+
     (tmp_path / "logs" / "campaigns" / "timings").mkdir(parents=True)
-    (tmp_path / "logs" / "campaigns" / "timings" / "slurm.json").write_text(json.dumps({where: TIMING}))
+    # quantized images this slow make the traces' 100 images show at one decimal
+    timing = {**TIMING, "train_quant": 5.0}
+    (tmp_path / "logs" / "campaigns" / "timings" / "slurm.json").write_text(json.dumps({where: timing}))
+    before = files_under(tmp_path)
     out = campaign("plan", name, "--system", "slurm", env=env)
     assert out.returncode == 0, out.stderr
-    assert "device-hours on test device" in out.stdout
-    for table in spec["tables"]:
-        assert f"table {table}" in out.stdout
+    assert files_under(tmp_path) == before and parse_graph(out.stdout) == jobs
+
+    def cost(e: str, parts: list[str] | None = None) -> float:
+        """(epochs x training images + trace passes) x s per training image + evaluations x
+        evaluation images x s per evaluation image, over the child runs (of `parts`)."""
+        seconds = 0.0
+        for c in children[e]:
+            if parts is None or c.part in parts:
+                per_image = timing["train_quant"] if c.quantized else timing["train_float"]
+                seconds += (c.epochs * spec["images"]["train"] + c.images) * per_image
+                seconds += c.evals * spec["images"]["eval"] * timing["eval"]
+        return seconds / 3600
+
+    def needed(e: str) -> set[str]:
+        return {n for direct in needs(e) for n in {direct, *needed(direct)}}
+
+    expected = {e: (cost(e), {p: cost(e, [p]) for p in {c.part for c in children[e] if c.part}}) for e in experiments}
+    expected["campaign"] = (sum(cost(e) for e in experiments), {})
+    for table, t in spec["tables"].items():
+        expected[f"table {table}"] = (cost(t["experiment"], t.get("parts")) + sum(map(cost, needed(t["experiment"]))), {})
+    printed = parse_hours(out.stdout)
+    assert printed.keys() == expected.keys()
+    for label, (total, parts) in expected.items():
+        assert printed[label][0] == pytest.approx(total, abs=0.051), label
+        assert printed[label][1] == pytest.approx(parts, abs=0.051), label
+    assert all(total > 1 for total, _ in expected.values())  # figures rounding cannot hide
 
 
 def hours(epochs: float, images: int, per_image: float, evals: int, eval_images: int) -> float:

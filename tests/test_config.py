@@ -72,11 +72,63 @@ def test_exponent_without_dot_is_a_number():
 TOPOLOGIES = sorted((REPO / "problems").glob("*/*/config.yaml"))
 
 
+def _layered(base: dict, over: dict, replaced: set[str], prefix: str = "") -> dict:
+    """A second, naive implementation of the layering: `over` laid over `base` key by
+    key, mappings merged entry by entry except those named in `replaced` (dotted)."""
+    out = dict(base)
+    for key, value in over.items():
+        dotted = prefix + str(key)
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and dotted not in replaced:
+            out[key] = _layered(base[key], value, replaced, dotted + ".")
+        else:
+            out[key] = value
+    return out
+
+
+def _at(cfg: dict, dotted: str):
+    for part in dotted.split("."):
+        assert isinstance(cfg, dict) and part in cfg, f"schema key {dotted!r} missing from the built config"
+        cfg = cfg[part]
+    return cfg
+
+
+def _allowed(value, rule: dict) -> bool:
+    """Whether `value` (each item of a list) keeps a schema rule, read off the rule itself."""
+    if isinstance(value, list):
+        return all(_allowed(v, rule) for v in value)
+    if value is None:
+        return True
+    if "choices" in rule and value not in rule["choices"]:
+        return False
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return True
+    return (value >= rule.get("min", value) and value <= rule.get("max", value)
+            and ("above" not in rule or value > rule["above"]))
+
+
 @pytest.mark.parametrize("topology", TOPOLOGIES, ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}")
-def test_every_profile_builds_and_every_schema_key_exists(topology):
+def test_every_profile_builds_to_its_layers_and_keeps_every_schema_rule(topology: Path) -> None:
+    """Each shipped profile must resolve to exactly the defaults files, the topology's
+    `defaults:` and the profile laid over one another (open and overlay mappings replaced
+    whole), computed here by a second implementation from the raw YAML; a layer skipped,
+    applied out of order or merged into a replaced mapping changes the result. Every
+    schema key must exist in the result and its value keep its rule."""
     import yaml
-    for profile in yaml.safe_load(topology.read_text())["profiles"]:
-        build_config(config_files(), topology, profile, [])  # a schema key the config lacks is an error
+    files = [yaml.safe_load(path.read_text()) for path in config_files()]
+    topo = yaml.safe_load(topology.read_text())
+    rules = {k: r for data in [*files, topo] for k, r in (data.get("schema") or {}).items()}
+    replaced = {k for k, r in rules.items() if r.get("open") or "overlays" in r}
+    defaults: dict = {}
+    for data in files:
+        defaults.update({k: v for k, v in data.items() if k != "schema"})
+    defaults = _layered(defaults, topo.get("defaults") or {}, replaced)
+    assert topo["profiles"], "a topology without profiles proves nothing here"
+    for profile, layer in topo["profiles"].items():
+        cfg = build_config(config_files(), topology, profile, [])
+        assert cfg == {**_layered(defaults, layer or {}, replaced), "profile": profile}, profile
+        for key, rule in rules.items():
+            value = _at(cfg, key)
+            assert "open" in rule or "overlays" in rule or _allowed(value, rule), (profile, key, value, rule)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -68,7 +68,10 @@ def test_ptq_of_every_scheme_on_two_ranks(storage, float_model):
     assert all(t["samples"] == 4 and t["se"] >= 0 for s in traces.values() for t in s.values())
     assert all(t["trace"] > 0 for t in traces["fisher_overall"].values())  # squared gradients
     table = (exp / "tables" / "detr_ptq.md").read_text()
-    assert "| 4 |" in table and "25.90" in out.stdout
+    start = storage / "logs" / "COCO" / "DETR" / f"exp{float_model:04d}"
+    assert_averages_are_weighted_by_the_float_weights(results, start)
+    assert_float_row_is_the_trained_starts_own_evaluation(results, exp, start)
+    assert_table_cells_are_the_results(table, results)
     # every Hutchinson scheme with a negative or unsure trace says so, in the log and under the table
     for scheme in ("loss", "output_float", "output_quant"):
         negative = sum(t["trace"] < 0 for t in traces[scheme].values())
@@ -105,3 +108,68 @@ def test_fisher_qat_with_and_without_the_regularizer_then_resumed(storage, float
     assert json.loads((exp / "fisher" / "results.json").read_text()) == results
     table = run(storage, "--mode", "table", "--exp_id", str(number), "--table", "detr_fisher")
     assert table.returncode == 0 and "| float | - | 32.00 |" in table.stdout
+
+
+def weight_counts(start) -> dict[str, int]:
+    """Weight elements of every quantizable layer, counted from the float checkpoint: each
+    Conv/Linear weight and each attention's in and out projections, the class and box
+    heads and the query embedding aside."""
+    import torch
+    state = torch.load(start / "saves" / "best.pt", map_location="cpu", weights_only=False)["model"]
+    counts = {}
+    for key, value in state.items():
+        if key.endswith(".in_proj_weight"):
+            layer = key[:-len(".in_proj_weight")]
+            counts[layer] = value.numel() + state[f"{layer}.out_proj.weight"].numel()
+        elif key.endswith(".weight") and value.dim() in (2, 4) and ".out_proj." not in key:
+            counts[key[:-len(".weight")]] = value.numel()
+    return {k: n for k, n in counts.items() if not k.startswith(("class_embed", "bbox_embed", "query_embed"))}
+
+
+def assert_averages_are_weighted_by_the_float_weights(results: dict, start) -> None:
+    """Every result's average_bits is sum(n_l b_l) / sum(n_l) over the layers' weight
+    elements (a layer without bits is float), recomputed here from the checkpoint; the
+    mixed allocations differ from their unweighted mean, so a plain mean would show."""
+    counts = weight_counts(start)
+    assert set(results["uniform@4"]["bits"]) == set(counts)
+    for key, r in results.items():
+        weighted = sum(n * r["bits"].get(layer, 32) for layer, n in counts.items()) / sum(counts.values())
+        assert r["average_bits"] == pytest.approx(weighted, rel=1e-12), key
+    mixed = [r for r in results.values() if len(set(r["bits"].values())) > 1]
+    assert mixed and all(sum(r["bits"].values()) / len(r["bits"]) != pytest.approx(r["average_bits"]) for r in mixed)
+
+
+def assert_float_row_is_the_trained_starts_own_evaluation(results: dict, exp, start) -> None:
+    """PTQ's float@32, evaluated on 2 ranks, scores the trained start image for image as its
+    own 1-rank evaluation after epoch 1 did; 8-bit uniform PTQ changes the detections."""
+    import numpy as np
+    own = np.load(start / "eval" / "epoch_0001" / "per_image.npz")
+    ptq = np.load(exp / results["float@32"]["evaluation"] / "per_image.npz")
+    assert own.files == ptq.files and all(np.array_equal(own[k], ptq[k]) for k in own.files)
+    metrics = json.loads((start / "eval" / "epoch_0001" / "metrics.json").read_text())
+    assert results["float@32"]["metrics"] == {k: v for k, v in metrics.items() if k != "per_image_sha256"}
+    uniform = np.load(exp / results["uniform@8"]["evaluation"] / "per_image.npz")
+    assert not np.array_equal(own["dt_score"], uniform["dt_score"])
+
+
+def assert_table_cells_are_the_results(table: str, results: dict) -> None:
+    """Table 1's rows are float, the reference bits and the targets; each scheme's `ours`
+    cell is that result's mAP (the float row: float@32 under uniform), '-' where none ran,
+    and its `paper` cell the published number of that row and scheme."""
+    published = yaml.safe_load((REPO / "problems" / "COCO" / "DETR" / "published.yaml").read_text())["detr_ptq"]
+    lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {r[0]: dict(zip(header, r)) for r in ([c.strip() for c in ln.strip("|").split("|")] for ln in lines[1:])}
+    assert list(rows) == ["float", "8", "4"]
+    schemes = [h[:-len(" ours")] for h in header if h.endswith(" ours")]
+    assert schemes == ["uniform", "loss", "output_float", "output_quant", "fisher_overall", "fisher_critical"]
+    for label, row in rows.items():
+        for scheme in schemes:
+            key = "float@32" if label == "float" and scheme == "uniform" else f"{scheme}@{label}"
+            cell = row[f"{scheme} ours"]
+            if key in results:
+                assert cell.startswith(f"{results[key]['metrics']['mAP']:.2f} ["), (label, scheme, cell)
+            else:
+                assert cell == "-", (label, scheme, cell)
+            paper = published.get(label, {}).get(scheme)
+            assert row[f"{scheme} paper"] == ("-" if paper is None else f"{paper:.2f}"), (label, scheme)

@@ -20,15 +20,56 @@ def test_broadcasting_a_fresh_optimizer_leaves_the_weights_alone():
     assert world.size == 1
 
 
-def test_broadcast_keeps_a_filled_optimizer_state():
-    dist.init(1)
+class Counter:
+    """A stateful object as the trainer registers them (state_dict / load_state_dict)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def state_dict(self) -> dict:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = state["count"]
+
+
+def _trained() -> tuple[nn.Linear, torch.optim.AdamW, torch.optim.lr_scheduler.StepLR]:
+    """A linear model, AdamW with weight decay and a StepLR, one step into training."""
+    torch.manual_seed(0)
     model = nn.Linear(3, 2)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    model(torch.ones(1, 3)).sum().backward()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    _step(model, optimizer, scheduler)
+    return model, optimizer, scheduler
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> None:
+    optimizer.zero_grad()
+    model(torch.ones(1, 3)).square().sum().backward()
     optimizer.step()
-    exp_avg = optimizer.state_dict()["state"][0]["exp_avg"].clone()
-    dist.broadcast_training_state(model, optimizer, {})
-    assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], exp_avg)
+    scheduler.step()
+
+
+def test_a_one_rank_broadcast_gives_each_object_its_own_state_and_training_goes_on_unchanged():
+    """On one rank rank 0's state is this rank's own, so the broadcast must change nothing:
+    each registered object gets its own state back (not another's), and the next steps
+    match bitwise those of a twin that never broadcast. That rank 1 receives rank 0's
+    filled optimizer and scheduler states is checked on two real processes in
+    test_backends.test_a_trained_optimizer_and_scheduler_come_from_rank_0."""
+    dist.init(1)
+    model, optimizer, scheduler = _trained()
+    twin = _trained()
+    counters = {"first": Counter(3), "second": Counter(7)}
+    dist.broadcast_training_state(model, optimizer, {"scheduler": scheduler, **counters})
+    assert counters["first"].count == 3 and counters["second"].count == 7
+    assert scheduler.last_epoch == 1 and scheduler.get_last_lr() == [0.05]
+    assert optimizer.state_dict()["state"][0]["step"].item() == 1
+    for _ in range(2):
+        _step(model, optimizer, scheduler)
+        _step(*twin)
+    assert scheduler.get_last_lr() == twin[2].get_last_lr() == [0.0125]
+    for mine, theirs in zip(model.parameters(), twin[0].parameters()):
+        assert torch.equal(mine, theirs)
 
 
 def test_evaluation_batches_do_not_depend_on_the_number_of_ranks():

@@ -22,17 +22,64 @@ def test_quantized_conv_keeps_the_float_weights_and_equals_a_conv_with_quantized
     assert len(torch.unique(SymmetricWeight(4)(q.weight).detach())) <= 15
 
 
-def test_quantized_linear_with_lsq_weights_and_activations_trains_the_steps():
-    torch.manual_seed(0)
-    lin = nn.Linear(6, 3)
+def _lsq_value(v: float, q_neg: int, q_pos: int) -> float:
+    """round(clip(v, -Q_N, Q_P)) for one number (no ties occur in the tests' values)."""
+    return float(round(min(max(v, -q_neg), q_pos)))
+
+
+def _lsq_slope(v: float, q_neg: int, q_pos: int) -> float:
+    """Esser et al. 2020, eq. 3: d(v_hat)/ds in units of s, for v = x / s: -v + round(v)
+    inside the range, -Q_N below it, Q_P above it."""
+    return -q_neg if v <= -q_neg else q_pos if v >= q_pos else -v + round(v)
+
+
+def test_quantized_linear_with_lsq_weights_and_activations_has_the_lsq_paper_gradients():
+    """The gradients of a QuantLinear with LSQ weights and activations, against the LSQ
+    paper worked out here element by element in plain Python: the steps' gradients by
+    eq. 3 scaled by g = 1 / sqrt(N Q_P) (N: elements per step), the weight's and input's
+    straight through inside the range and zero where clipped. The values put entries
+    inside, above and below the 4-bit signed range [-8, 7] of both quantizers."""
+    q_neg, q_pos = 8, 7
+    w = [[0.3, -0.8, 4.2], [-5.1, 1.1, 0.05]]     # / 0.5: 0.6 -1.6 8.4 | -10.2 2.2 0.1
+    x = [[0.1, 2.5, -0.3], [-3.0, 0.6, 1.0], [0.45, -0.05, 1.8], [0.2, -1.2, 0.7]]  # / 0.25
+    c = [[1.0, -2.0], [0.5, 3.0], [-1.0, 1.0], [2.0, 0.25]]  # dL/dy: L = sum(c * y)
+    s_w, s_a = 0.5, 0.25
+    lin = nn.Linear(3, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor(w)), lin.bias.copy_(torch.tensor([0.2, -0.1]))
     q = QuantLinear.from_float(lin, LSQWeight(lin.weight, 4), LSQActivation(4, signed=True))
-    assert torch.equal(q.weight, lin.weight)
-    x = torch.randn(5, 6)
-    q(x)
+    assert float(q.wq.step.detach()) == pytest.approx(2 * (sum(map(abs, w[0] + w[1])) / 6) / 7 ** 0.5)  # LSQ's init
+    inputs = torch.tensor(x, requires_grad=True)
+    calibrating = q(inputs).detach()  # the input passes unquantized while the step calibrates
+    assert torch.equal(calibrating, nn.functional.linear(inputs, q.wq(q.weight), q.bias).detach())
     q.aq.end_calibration(q.aq.calibration_statistic())
-    q(x).sum().backward()
-    assert q.wq.step.grad is not None and q.aq.step.grad is not None
-    assert {"wq.step", "aq.step", "aq.calibrating"} <= set(q.state_dict())
+    assert float(q.aq.step.detach()) == pytest.approx(2 * (sum(abs(v) for row in x for v in row) / 12) / 7 ** 0.5)
+    with torch.no_grad():
+        q.wq.step.fill_(s_w), q.aq.step.fill_(s_a)
+    out = q(inputs)
+    (out * torch.tensor(c)).sum().backward()
+
+    wq = [[_lsq_value(v / s_w, q_neg, q_pos) * s_w for v in row] for row in w]
+    xq = [[_lsq_value(v / s_a, q_neg, q_pos) * s_a for v in row] for row in x]
+    y = [[sum(xq[n][j] * wq[i][j] for j in range(3)) + (0.2, -0.1)[i] for i in range(2)] for n in range(4)]
+    d_wq = [[sum(c[n][i] * xq[n][j] for n in range(4)) for j in range(3)] for i in range(2)]
+    d_xq = [[sum(c[n][i] * wq[i][j] for i in range(2)) for j in range(3)] for n in range(4)]
+    g_w, g_a = 1 / (6 * q_pos) ** 0.5, 1 / (12 * q_pos) ** 0.5
+    grad_s_w = g_w * sum(d_wq[i][j] * _lsq_slope(w[i][j] / s_w, q_neg, q_pos) for i in range(2) for j in range(3))
+    grad_s_a = g_a * sum(d_xq[n][j] * _lsq_slope(x[n][j] / s_a, q_neg, q_pos) for n in range(4) for j in range(3))
+
+    def through(grad: list[list[float]], values: list[list[float]], step: float) -> list[list[float]]:
+        return [[g if -q_neg < v / step < q_pos else 0.0 for g, v in zip(gs, vs)] for gs, vs in zip(grad, values)]
+
+    assert out.tolist() == [pytest.approx(row, abs=1e-6) for row in y]
+    assert float(q.wq.step.grad) == pytest.approx(grad_s_w, abs=1e-6)
+    assert float(q.aq.step.grad) == pytest.approx(grad_s_a, abs=1e-6)
+    assert q.weight.grad.tolist() == [pytest.approx(row, abs=1e-6) for row in through(d_wq, w, s_w)]
+    assert inputs.grad.tolist() == [pytest.approx(row, abs=1e-6) for row in through(d_xq, x, s_a)]
+    assert q.bias.grad.tolist() == pytest.approx([sum(row[i] for row in c) for i in range(2)])
+    assert 0 in q.weight.grad.flatten().tolist() and 0 in inputs.grad.flatten().tolist()  # clipping did occur
+    assert set(q.state_dict()) == {"weight", "bias", "wq.step", "aq.step", "aq.calibrating",
+                                   "aq.abs_mean_sum", "aq.batches"}
 
 
 def test_lsq_activation_step_starts_at_twice_the_mean_abs_over_sqrt_qp():

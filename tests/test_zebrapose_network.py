@@ -1,6 +1,7 @@
 """ZebraPose's network against an official checkpoint layout built here from the spec
 (shared/reference/zebrapose.md §1), not from our model: keys, shapes, parameter counts,
-the aliased encoder keys and the strict load.
+the aliased encoder keys, the strict load, and the forward against the spec's, written here
+in functional ops over an official file's keys.
 
 How the official file maps: `model_state_dict` holds 392 entries; the 96 `net.resnet.resnet.*`
 entries duplicate the stem, layer1 and layer2 and are dropped; the other 296 are our keys.
@@ -14,6 +15,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from problems.LINEMOD.ZebraPose.network import OFFICIAL_ALIASES, ZebraPoseNet, official_state
 from quantlab.engine.checkpoint import load_matching
@@ -207,12 +209,76 @@ def test_bad_alias_is_named(paper, change):
     assert str(info.value).startswith("ckpt.pth: ") and "\n" not in str(info.value)
 
 
-def test_paper_forward_shapes(paper):
-    model, _ = paper
-    model.eval()
+def _bn(x: torch.Tensor, state: dict, key: str) -> torch.Tensor:
+    return F.batch_norm(x, state[f"{key}.running_mean"], state[f"{key}.running_var"], state[f"{key}.weight"],
+                        state[f"{key}.bias"], training=False, eps=1e-5)
+
+
+def _block(x: torch.Tensor, state: dict, key: str, stride: int, dilation: int) -> torch.Tensor:
+    """ZP's BasicBlock (spec 1.1): both 3x3 convs dilated, 1x1 downsample when keyed."""
+    out = F.relu(_bn(F.conv2d(x, state[f"{key}.conv1.weight"], None, stride, dilation, dilation), state, f"{key}.bn1"))
+    out = _bn(F.conv2d(out, state[f"{key}.conv2.weight"], None, 1, dilation, dilation), state, f"{key}.bn2")
+    if f"{key}.downsample.0.weight" in state:
+        x = _bn(F.conv2d(x, state[f"{key}.downsample.0.weight"], None, stride), state, f"{key}.downsample.1")
+    return F.relu(out + x)
+
+
+def _stage(x: torch.Tensor, state: dict, key: str, stride: int, dilation: int) -> torch.Tensor:
+    blocks = sorted({int(k[len(key) + 1:].split(".")[0]) for k in state if k.startswith(key + ".")})
+    for i in blocks:
+        x = _block(x, state, f"{key}.{i}", stride if i == 0 else 1, dilation)
+    return x
+
+
+def _upsample(x: torch.Tensor, state: dict, key: str) -> torch.Tensor:
+    x = F.relu(_bn(F.conv_transpose2d(x, state[f"{key}.0.weight"], None, 2, 1, 1), state, f"{key}.1"))
+    x = F.relu(_bn(F.conv2d(x, state[f"{key}.3.weight"], None, 1, 1), state, f"{key}.4"))
+    return F.relu(_bn(F.conv2d(x, state[f"{key}.6.weight"], None, 1, 1), state, f"{key}.7"))
+
+
+def spec_forward(state: dict, image: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """BinaryCodeNet_Deeplab's forward as shared/reference/zebrapose.md §1.1-1.2 describes
+    it, in functional ops over the keys of an official checkpoint: a second implementation."""
+    r, a = "net.resnet", "net.aspp"
+    x_128 = F.relu(_bn(F.conv2d(image, state[f"{r}.resnet_layer_1.0.weight"], None, 2, 3), state,
+                       f"{r}.resnet_layer_1.1"))
+    x_64 = _stage(F.max_pool2d(x_128, 3, 2, 1), state, f"{r}.resnet_layer_2.1", 1, 1)
+    x = _stage(x_64, state, f"{r}.resnet_layer_3.0", 2, 1)
+    x = _stage(_stage(x, state, f"{r}.layer4", 1, 2), state, f"{r}.layer5", 1, 4)
+
+    def branch(name: str, inp: torch.Tensor, dilation: int = 0) -> torch.Tensor:
+        """conv (3x3 with padding = dilation, or 1x1), BN, ReLU."""
+        conv = F.conv2d(inp, state[f"{a}.conv_{name}.weight"], state[f"{a}.conv_{name}.bias"], 1, dilation,
+                        max(dilation, 1))
+        return F.relu(_bn(conv, state, f"{a}.bn_conv_{name}"))
+    pooled = branch("1x1_2", F.adaptive_avg_pool2d(x, 1))
+    fused = branch("1x1_3", torch.cat([branch("1x1_1", x), branch("3x3_1", x, 6), branch("3x3_2", x, 12),
+                                       branch("3x3_3", x, 18),
+                                       F.interpolate(pooled, size=x.shape[2:], mode="bilinear")], 1), 0)
+    up = _upsample(torch.cat([_upsample(fused, state, f"{a}.upsample_1"), x_64], 1), state, f"{a}.upsample_2")
+    out = F.conv2d(torch.cat([up, x_128], 1), state[f"{a}.conv_1x1_4.weight"], state[f"{a}.conv_1x1_4.bias"])
+    return out[:, :1], out[:, 1:1 + bits]
+
+
+def test_paper_network_loaded_from_an_official_file_computes_the_specs_forward(paper):
+    """The paper network, with an official checkpoint's weights (scaled to keep activations
+    finite through 40 layers), must compute what the spec's forward computes over the
+    file's keys: the output stride, the dilations of both convs of a block, the ASPP
+    branches and the skip concatenations all change the values, not only the shapes."""
+    _, file = paper
+    model = ZebraPoseNet().eval()
+    scaled = {k: v / (v[0].numel() ** 0.5) if v.dim() == 4 else v for k, v in file["model_state_dict"].items()}
+    state, _ = official_state(scaled, "ckpt.pth")
+    assert load_matching(model, {**state, "code_error_hist": model.code_error_hist}, "ckpt.pth") == {}
+    image = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        mask, code = model(torch.randn(1, 3, 256, 256))
+        mask, code = model(image)
+        want_mask, want_code = spec_forward(scaled, image, bits=16)
     assert mask.shape == (1, 1, 128, 128) and code.shape == (1, 16, 128, 128)
+    assert torch.isfinite(want_code).all() and want_code.std() > 0.1 * want_code.abs().mean()
+    scale = want_code.abs().max()
+    assert torch.allclose(mask, want_mask, rtol=1e-4, atol=1e-5 * scale)
+    assert torch.allclose(code, want_code, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_mini_network():
