@@ -89,8 +89,9 @@ class StagedRuns:
         self.modules = list(ctx.task.groups)
         self.algorithm = algorithm
         self.epochs = epochs or ctx.cfg["mqat"]["stage_epochs"]
-        check_epochs(algorithm or ctx.cfg["mqat"]["algorithm"], ctx.cfg["quantize"], self.epochs,
-                     "mqat.stage_epochs" if epochs is None else "an MQAT baseline")
+        if algorithm != FINETUNE:  # quantizes nothing: no schedule to finish
+            check_epochs(algorithm or ctx.cfg["mqat"]["algorithm"], ctx.cfg["quantize"], self.epochs,
+                         "mqat.stage_epochs" if epochs is None else "an MQAT baseline")
 
     def stage_config(self, modules: list[str], bits: dict[str, int], source: Path) -> dict:
         rules = layer_rules({m: bits[m] for m in modules}, self.algorithm or self.ctx.cfg["mqat"]["algorithm"])
