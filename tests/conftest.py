@@ -1,5 +1,6 @@
-"""Shared fixtures: a tiny synthetic SwissCube set generated once per session, and a
-storage folder (data and logs roots) holding a copy of it, and a real single-node Slurm."""
+"""Shared fixtures: a tiny synthetic SwissCube set generated once per session, a storage
+folder (data and logs roots) holding a copy of it, a float experiment trained once per
+session that tests copy in, and a real single-node Slurm."""
 from __future__ import annotations
 
 import json
@@ -38,6 +39,27 @@ def storage(tmp_path, tiny_root) -> Path:
     shutil.copytree(tiny_root, tmp_path / "data" / "SwissCube-tiny")
     (tmp_path / "hard_storage.json").write_text(json.dumps({"data": "data", "logs": "logs"}))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def float_experiment(tmp_path_factory, tiny_root) -> Path:
+    """The logs root of one float training on the tiny set (1 epoch, 1 rank: experiment
+    0), trained once per session: most QAT and search tests start from it."""
+    from tests.test_engine import main_cmd, run
+    folder = tmp_path_factory.mktemp("float")
+    (folder / "data").mkdir()
+    shutil.copytree(tiny_root, folder / "data" / "SwissCube-tiny")
+    (folder / "hard_storage.json").write_text(json.dumps({"data": "data", "logs": "logs"}))
+    out = run(main_cmd("--mode", "train", sets=["training.epochs=1"]), folder)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return folder / "logs"
+
+
+@pytest.fixture()
+def trained(storage, float_experiment) -> Path:
+    """`storage` whose logs already hold the float experiment 0 (a copy of the session's)."""
+    shutil.copytree(float_experiment, storage / "logs")
+    return storage
 
 
 @pytest.fixture()

@@ -168,8 +168,8 @@ def test_unknown_key_on_the_command_line_is_one_clear_line(storage):
     assert not (storage / "logs").exists()
 
 
-def test_qat_from_a_float_experiment_freezes_the_fpn_and_test_mode_evaluates_it(storage):
-    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+def test_qat_from_a_float_experiment_freezes_the_fpn_and_test_mode_evaluates_it(trained):
+    storage = trained  # the float experiment 0, trained once per session
     qat = ["quantize.init=0",
            "quantize.rules=[{modules: fpn, algorithm: inq, bits: 2}, "
            "{modules: head, algorithm: lsq, bits: 4, act_algorithm: ste, act_bits: 8}]",
@@ -221,10 +221,10 @@ def test_qat_from_a_float_experiment_freezes_the_fpn_and_test_mode_evaluates_it(
         {k: v for k, v in metrics.items() if k != digest})
 
 
-def test_staged_qat_rebuilds_earlier_stages_from_the_checkpoint_and_resumes(storage):
+def test_staged_qat_rebuilds_earlier_stages_from_the_checkpoint_and_resumes(trained):
     """MQAT's stages as experiments: FPN INQ from the float run, then head LSQ from the
     FPN stage; the later stage keeps the earlier one's frozen weights, resumes, tests."""
-    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+    storage = trained  # the float experiment 0, trained once per session
     fpn = ["quantize.init=0", "quantize.rules=[{modules: fpn, algorithm: inq, bits: 2}]",
            "quantize.inq_schedule={0: 1.0}", "training.epochs=1"]
     assert run(main_cmd("--mode", "train", sets=fpn), storage).returncode == 0
@@ -253,7 +253,7 @@ def adi_01d(evaluation: Path) -> float:
     return float(100.0 * np.mean(found["ADI"] / found["diameter"] < 0.1))
 
 
-def test_cube_mode_runs_the_module_cube_as_child_runs_and_resumes(storage):
+def test_cube_mode_runs_the_module_cube_as_child_runs_and_resumes(trained):
     """Each of the 2^3 - 1 module subsets is one probe child that quantizes exactly those
     modules; the cube records what each child's own per-image results score, its change
     from the float child's, and ranks single modules by that change (ties in module
@@ -261,7 +261,7 @@ def test_cube_mode_runs_the_module_cube_as_child_runs_and_resumes(storage):
     runs detect nothing, so every score is 0 and the ranking is the tie order: ordering by
     value is checked on the paper's T-A2 numbers in test_mqat_search."""
     import itertools
-    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+    storage = trained  # the float experiment 0, trained once per session
     sets = ["quantize.init=0", "mqat.stage_epochs=1", "quantize.inq_schedule={0: 1.0}"]
     out = run(main_cmd("--mode", "cube", sets=sets), storage)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -296,9 +296,9 @@ def test_cube_mode_runs_the_module_cube_as_child_runs_and_resumes(storage):
 
 
 @pytest.mark.parametrize("launcher", ["horovodrun", "torchrun"])
-def test_hawq_mode_allocates_bits_under_the_budget_and_trains_them(storage, launcher):
+def test_hawq_mode_allocates_bits_under_the_budget_and_trains_them(trained, launcher):
     """A search (traces, an ILP, a child training) on 2 ranks, under either launcher."""
-    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+    storage = trained  # the float experiment 0, trained once per session
     sets = ["quantize.init=0", "hawq.epochs=1", "hawq.samples=2", "hawq.batches=1", "hawq.min_compression=6.0",
             r"quantize.exclude=['backbone\.features\.init_block\.conv']"]
     out = run(main_cmd("--mode", "hawq", sets=sets), storage, ranks=2, launcher=launcher)
@@ -329,8 +329,8 @@ def test_hawq_mode_allocates_bits_under_the_budget_and_trains_them(storage, laun
     assert "HAWQ-V3 allocation" not in again.stdout
 
 
-def test_mqat_mode_runs_cube_flow_and_bit_search_to_a_compressed_model(storage):
-    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+def test_mqat_mode_runs_cube_flow_and_bit_search_to_a_compressed_model(trained):
+    storage = trained  # the float experiment 0, trained once per session
     sets = ["quantize.init=0", "mqat.stage_epochs=1", "quantize.inq_schedule={0: 1.0}", "mqat.grid=[2, 8]",
             "mqat.min_compression=[4.0, 8.0]", "mqat.baselines.uniform_algorithms=[lsq]",
             "mqat.baselines.uniform_bits=[8]", "mqat.baselines.hawq=[4.0]",

@@ -134,8 +134,8 @@ def test_a_failed_evaluation_keeps_the_epoch_and_the_resume_evaluates_it(storage
     assert done["rank_digests"] == whole["rank_digests"]
 
 
-def test_a_failed_resume_leaves_the_config_as_it_was(storage):
-    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+def test_a_failed_resume_leaves_the_config_as_it_was(trained):
+    storage = trained  # the float experiment 0, trained once per session
     config = exp_dir(storage) / "config.yaml"
     before = config.read_bytes()
     bad = run(main_cmd("--mode", "train", "--exp_id", "0", sets=["training.epochs=2", "network.fpn_channels=16"]),
@@ -178,8 +178,8 @@ def test_invalid_values_refuse_to_start_before_anything_is_created(storage, sets
 @pytest.mark.parametrize("mode, sets, key", [("mqat", ["mqat.min_compression=[4, 100]"], "mqat.min_compression"),
                                              ("hawq", ["hawq.min_compression=100", "hawq.samples=1",
                                                        "hawq.batches=1"], "hawq.min_compression")])
-def test_a_compression_budget_out_of_reach_is_one_line_naming_it(storage, mode, sets, key):
-    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+def test_a_compression_budget_out_of_reach_is_one_line_naming_it(trained, mode, sets, key):
+    storage = trained  # the float experiment 0, trained once per session
     out = run(main_cmd("--mode", mode, sets=["quantize.init=0", *sets]), storage)
     assert f"config key '{key}'" in one_error_line(out) and "x" in one_error_line(out)
     assert [p.name for p in experiments(storage)] == ["exp0000"]
@@ -251,8 +251,8 @@ def test_a_diverged_first_epoch_does_not_claim_a_checkpoint_stays(storage):
     assert "last checkpoint stays" not in line
 
 
-def test_a_checkpoint_with_nan_weights_is_refused_instead_of_scoring_zero(storage):
-    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+def test_a_checkpoint_with_nan_weights_is_refused_instead_of_scoring_zero(trained):
+    storage = trained  # the float experiment 0, trained once per session
     state = load(exp_dir(storage) / "saves" / "last.pt")
     key = next(k for k, v in state["model"].items() if k.endswith("conv.weight"))
     state["model"][key] = torch.full_like(state["model"][key], float("nan"))
@@ -262,11 +262,11 @@ def test_a_checkpoint_with_nan_weights_is_refused_instead_of_scoring_zero(storag
     assert not list((exp_dir(storage) / "eval").glob("test_broken*"))
 
 
-def test_testing_a_file_from_elsewhere_never_overwrites_the_experiments_own_evaluation(storage):
+def test_testing_a_file_from_elsewhere_never_overwrites_the_experiments_own_evaluation(trained):
     """`--ckpt /elsewhere/last.pt` wrote eval/test_last/, over the evaluation of the
     experiment's own last.pt."""
     import hashlib
-    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+    storage = trained  # the float experiment 0, trained once per session
     assert run(main_cmd("--mode", "test", "--exp_id", "0", "--ckpt", "last"), storage).returncode == 0
     own = exp_dir(storage) / "eval" / "test_last" / "metrics.json"
     written = own.stat().st_mtime_ns
@@ -456,8 +456,8 @@ def test_a_stopped_rank_ends_the_job_with_a_message(storage):
         end_all(storage)
 
 
-def test_a_write_killed_mid_file_leaves_a_temp_that_the_next_run_removes(storage):
-    assert run(main_cmd("--mode", "train", sets=["training.epochs=1"]), storage).returncode == 0
+def test_a_write_killed_mid_file_leaves_a_temp_that_the_next_run_removes(trained):
+    storage = trained  # the float experiment 0, trained once per session
     saves = exp_dir(storage) / "saves"
     writer = subprocess.Popen([PY, "-c", (
         "import sys, time; sys.path.insert(0, sys.argv[1]); from pathlib import Path\n"
