@@ -32,6 +32,13 @@ def run(storage, *args, sets=(), ranks=1):
     return subprocess.run(full, env=env, capture_output=True, text=True, timeout=400, cwd=storage)
 
 
+def plan_of(mode: str, sets: list[str]) -> list:
+    """The children `--mode mode` with `sets` plans for a campaign."""
+    from quantlab.modes import MODES
+    from tests.conftest import config
+    return MODES[mode].plan(config("COCO/DETR", "mini", TINY + sets), None)
+
+
 def experiment(storage, out) -> tuple[int, object]:
     assert out.returncode == 0, out.stdout + out.stderr
     number = int(re.search(r"experiment \S*exp(\d{4})", out.stdout).group(1))
@@ -67,6 +74,10 @@ def test_ptq_of_every_scheme_on_two_ranks(storage, float_model):
     # 4 images over 2 ranks: 4 samples of every layer, pooled, each trace with its error
     assert all(t["samples"] == 4 and t["se"] >= 0 for s in traces.values() for t in s.values())
     assert all(t["trace"] > 0 for t in traces["fisher_overall"].values())  # squared gradients
+    # the campaign's plan lists exactly these evaluations, and traces where they were made
+    planned = plan_of("ptq", sets)
+    assert sorted(c.name for c in planned) == sorted(results)
+    assert {c.name.split("@")[0] for c in planned if c.images} == set(traces)
     table = (exp / "tables" / "detr_ptq.md").read_text()
     start = storage / "logs" / "COCO" / "DETR" / f"exp{float_model:04d}"
     assert_averages_are_weighted_by_the_float_weights(results, start)
@@ -92,6 +103,10 @@ def test_fisher_qat_with_and_without_the_regularizer_then_resumed(storage, float
         assert set(plans[scheme]["bits"]) == set(plans["uniform"]["bits"])
     results = json.loads((exp / "fisher" / "results.json").read_text())
     assert set(results) == {f"{s}@{w}" for s in ("uniform", "fisher_overall", "fisher_critical") for w in (0, 0.1)}
+    planned = plan_of("fisher", sets)  # the campaign's plan: these runs, traces where they were made
+    assert sorted(c.name for c in planned) == sorted(results)
+    assert {c.name.split("@")[0] for c in planned if c.images} == set(
+        json.loads((exp / "fisher" / "traces.json").read_text()))
     for key, entry in results.items():
         if "same_as" in entry:  # a scheme whose bits equal an earlier one's reuses its runs
             assert plans[entry["same_as"]]["bits"] == plans[entry["scheme"]]["bits"]

@@ -57,6 +57,37 @@ def run(cmd: list[str], storage: Path, ranks: int = 1, timeout: int = 240,
     return subprocess.run(full, env=env, capture_output=True, text=True, timeout=timeout, cwd=storage)
 
 
+def run_here(cmd: list[str], storage: Path) -> subprocess.CompletedProcess:
+    """`cmd` (a main.py command line) run in this process, for a run that ends at its
+    start-up checks: without the seconds a new process spends importing torch. What main
+    changes in the process (environment, folder, signal handlers) is put back."""
+    import contextlib
+    import io
+    import signal
+
+    import main as entry
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    saved_env, saved_cwd = os.environ.get("QUANTLAB_STORAGE"), os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    os.environ["QUANTLAB_STORAGE"] = str(storage / "hard_storage.json")
+    os.chdir(storage)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = entry.main(cmd[1:])
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code
+    finally:
+        os.chdir(saved_cwd)
+        if saved_env is None:
+            os.environ.pop("QUANTLAB_STORAGE", None)
+        else:
+            os.environ["QUANTLAB_STORAGE"] = saved_env
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    return subprocess.CompletedProcess(cmd, code, out.getvalue(), err.getvalue())
+
+
 def exp_dir(storage: Path, n: int = 0) -> Path:
     return storage / "logs" / "SwissCube" / "Widedepth" / f"exp{n:04d}"
 
@@ -161,7 +192,7 @@ def test_nan_loss_names_epoch_batch_and_terms(storage):
 
 
 def test_unknown_key_on_the_command_line_is_one_clear_line(storage):
-    out = run(main_cmd("--mode", "train", sets=["training.epoch=3"]), storage)
+    out = run_here(main_cmd("--mode", "train", sets=["training.epoch=3"]), storage)
     assert out.returncode == 1
     assert out.stderr.strip().count("\n") == 0
     assert "unknown config key 'training.epoch'" in out.stderr
@@ -287,6 +318,8 @@ def test_cube_mode_runs_the_module_cube_as_child_runs_and_resumes(trained):
         assert row["delta"] == row["metric"] - float_metric
     change = {m: scores[frozenset([m])] - float_metric for m in modules}
     assert result["ranking"] == sorted(modules, key=lambda m: (-change[m], modules.index(m)))
+    # the campaign's plan lists exactly the children the run made
+    assert planned_keys("cube", sets, storage) == set(json.loads((exp / "mqat" / "ledger.json").read_text()))
     assert "### Module cube at 2 bits" in out.stdout and (exp / "tables" / "cube.md").is_file()
     # continuing the experiment re-runs nothing
     stamps = {p: p.stat().st_mtime_ns for p in (exp / "children").rglob("last.pt")}
@@ -357,6 +390,11 @@ def test_mqat_mode_runs_cube_flow_and_bit_search_to_a_compressed_model(trained):
     # baselines: the uniform LSQ run quantizes every module at 8 bits, the 1-bit FPN is the
     # sign code, the 2-bit FPN is the cube's probe (not run again)
     ledger = json.loads((exp / "mqat" / "ledger.json").read_text())
+    # the plan: the cube's and the baselines' children exactly; the bit search's candidates
+    # are what the budgets admit before the cube pins a module (an upper bound)
+    planned = planned_keys("mqat", sets, storage)
+    searched = {k for k in ledger if "|" in k and not k.endswith("|")}  # ordered: flow candidates
+    assert set(ledger) - searched == planned["fixed"] and len(searched) <= planned["bits"]
     uniform = load(Path(ledger["lsq:backbone=8,fpn=8,head=8|"]["experiment"]) / "saves" / "last.pt")
     assert {(r["layer"].split(".")[0], r["algorithm"], r["bits"]) for r in uniform["quant_layers"]} == {
         (m, "lsq", 8) for m in ("backbone", "fpn", "head")}
@@ -382,6 +420,37 @@ def test_mqat_mode_runs_cube_flow_and_bit_search_to_a_compressed_model(trained):
     table = run(main_cmd("--mode", "table", "--exp_id", "1", "--table", "cube"), storage)
     assert table.returncode == 0, table.stderr
     assert (exp / "tables" / "cube.md").read_text() == cube and "### Module cube" in table.stdout
+
+
+def planned_keys(mode: str, sets: list[str], storage: Path) -> set[str] | dict:
+    """The ledger keys of the children `--mode mode`'s plan lists (a campaign's estimate),
+    each worked out here from the child's name: for cube, all of them; for mqat, those of
+    the cube and the baselines ("fixed") and the count of bit-search candidates ("bits")."""
+    from problems.SwissCube.Widedepth import build_task
+    from quantlab.modes import MODES
+    from quantlab.mqat.runner import Candidate
+    from tests.conftest import config
+    cfg = config("SwissCube/Widedepth", "mini", TINY_SET + sets)
+    children = MODES[mode].plan(cfg, build_task(cfg, storage / "data"))
+    modules, probe = ["backbone", "fpn", "head"], cfg["mqat"]["probe_bits"]
+
+    def key(child) -> str:
+        if child.part == "cube":
+            chosen = [] if child.name == "float" else child.name.split("+")
+            return Candidate.of({m: probe if m in chosen else 32 for m in modules}, None).key
+        if "@" in child.name:  # one module at the ablation bits
+            module, bits = child.name.split("@")
+            return Candidate.of({m: int(bits) if m == module else 32 for m in modules}, None).key
+        if child.name == "float fine-tuned":
+            return Candidate.of({m: 32 for m in modules}, None, "finetune").key
+        if " uniform " in child.name:
+            algorithm, _, bits = child.name.split()
+            return Candidate.of({m: int(bits) for m in modules}, None, algorithm).key
+        return child.name  # hawq-<budget>x
+    if mode == "cube":
+        return {key(c) for c in children}
+    return {"fixed": {key(c) for c in children if c.part in ("cube", "baselines")},
+            "bits": sum(c.part == "bits" for c in children)}
 
 
 def test_accumulated_fp16_gradients_on_two_ranks_step_once_per_group_and_agree(storage):

@@ -15,7 +15,7 @@ import torch
 
 from quantlab.engine.logbook import Logbook
 from tests.conftest import REPO, config
-from tests.test_engine import HOROVODRUN, PY, TORCHRUN, exp_dir, load, main_cmd, run
+from tests.test_engine import HOROVODRUN, PY, TORCHRUN, exp_dir, load, main_cmd, run, run_here
 
 
 def experiments(storage: Path) -> list[Path]:
@@ -170,7 +170,7 @@ def test_a_failed_resume_leaves_the_config_as_it_was(trained):
      "within the 2 epoch(s) of training.epochs it freezes 20% of the INQ weights (its last step, epoch 29"),
 ])
 def test_invalid_values_refuse_to_start_before_anything_is_created(storage, sets, expected):
-    out = run(main_cmd("--mode", "train", sets=sets), storage)
+    out = run_here(main_cmd("--mode", "train", sets=sets), storage)
     assert expected in one_error_line(out)
     assert out.stderr.strip().count("\n") == 0 and not experiments(storage)
 
@@ -187,10 +187,10 @@ def test_a_compression_budget_out_of_reach_is_one_line_naming_it(trained, mode, 
 
 def test_an_option_of_another_mode_is_refused_instead_of_ignored(storage):
     """`--mode train --worker cube` trained a whole model in silence."""
-    out = run(main_cmd("--mode", "train", "--worker", "cube"), storage)
+    out = run_here(main_cmd("--mode", "train", "--worker", "cube"), storage)
     assert out.returncode == 2 and "--worker is an option of --mode cube, fisher, mqat, ptq, not of --mode train" \
         in out.stderr and not experiments(storage)
-    out = run(main_cmd("--mode", "train", "--ckpt", "last"), storage)
+    out = run_here(main_cmd("--mode", "train", "--ckpt", "last"), storage)
     assert out.returncode == 2 and "--ckpt is an option of --mode deploy, export, test, not of --mode train" in out.stderr
 
 
