@@ -41,7 +41,8 @@ def expected_step(compression: str) -> list[float]:
 def seen(request, tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp(request.param)
     done = subprocess.run([*LAUNCH[request.param], str(REPO / "tests" / "collectives_worker.py"), str(out),
-                           request.param], capture_output=True, text=True, timeout=120, cwd=out)
+                           request.param], capture_output=True, text=True, timeout=120, cwd=out,
+                          env=dict(os.environ))  # not what an in-process MPI singleton set underneath
     assert done.returncode == 0, done.stdout + done.stderr
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 

@@ -2,6 +2,7 @@
 temporary folder it was written in, and the output is written in one piece."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +33,11 @@ def test_a_rank_line_is_one_write_so_mpirun_tags_no_lone_newline(tmp_path):
                       "for i in range(20):\n"
                       "    line(f'out {i} ' + 'x' * i)\n"
                       "    line(f'err {i}', sys.stderr)\n")
+    # env: Python's view of the environment, without what an in-process Horovod of an
+    # earlier test (an MPI singleton) set underneath it, which mpirun would take as its own
     done = subprocess.run([str(Path(sys.executable).with_name("horovodrun")), "-np", "2", "-H", "localhost:2",
-                           sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+                           sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ))
     assert done.returncode == 0, done.stderr
     rows = (done.stdout + done.stderr).splitlines()
     ours = [r for r in rows if "out " in r or "err " in r]
