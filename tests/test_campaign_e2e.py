@@ -19,9 +19,12 @@ import yaml
 from tests.test_engine import PY, TINY_SET, main_cmd
 from tests.conftest import REPO
 
+#: the smallest search that still has every part and kind of child: the cube, three-stage
+#: bit-search candidates, a baseline shared with the cube (fpn at 2 bits), one of its own
+#: (the sign code), float fine-tuning, a uniform run and one HAWQ-V3 child with its traces
 MQAT_SETS = ["mqat.stage_epochs=1", "quantize.inq_schedule={0: 1.0}", "mqat.grid=[2, 8]", "mqat.min_compression=[4.0]",
              "mqat.baselines.uniform_algorithms=[lsq]", "mqat.baselines.uniform_bits=[8]",
-             "mqat.baselines.ablation_module=fpn", "mqat.baselines.ablation_bits=[8, 2, 1]",
+             "mqat.baselines.ablation_module=fpn", "mqat.baselines.ablation_bits=[2, 1]", "mqat.baselines.hawq=[4.0]",
              "hawq.epochs=1", "hawq.samples=2", "hawq.batches=1"]
 TABLES = ("cube", "module_bits", "compression", "depth")
 SETS = [*TINY_SET, "training.epochs=1"]
