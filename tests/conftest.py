@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -22,6 +24,39 @@ def config(topology: str, profile: str = "mini", sets: list[str] | tuple = ()) -
     from quantlab.engine.config import build_config
     from quantlab.modes import config_files
     return build_config(config_files(), REPO / "problems" / topology / "config.yaml", profile, list(sets))
+
+
+def in_process(entry: Callable[[list[str]], int], argv: list[str], env: dict[str, str],
+               cwd: Path) -> subprocess.CompletedProcess:
+    """A command's `main(argv)` run in this process, as a subprocess test would see it
+    (code, stdout, stderr), without the seconds a new process spends importing torch. For
+    commands that end at their checks or only read (plan); what main changes in the
+    process (the variables in `env`, the folder, the stop-signal handlers) is put back."""
+    import contextlib
+    import io
+    import os
+    import signal
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    saved_env, saved_cwd = {k: os.environ.get(k) for k in env}, os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update(env)
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = entry(argv)
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code
+    finally:
+        os.chdir(saved_cwd)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

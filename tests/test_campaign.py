@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, config
+from tests.conftest import REPO, config, in_process
 
 PY = sys.executable
 CAMPAIGN = [PY, str(REPO / "systems" / "campaign.py")]
@@ -29,6 +29,13 @@ def storage_env(root: Path) -> dict[str, str]:
 
 def campaign(*args: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([*CAMPAIGN, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def campaign_here(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`campaign.py args` in this process (conftest.in_process): for `plan`, which only
+    reads, and for commands refused before anything is submitted."""
+    from systems.campaign import main
+    return in_process(main, list(args), {"QUANTLAB_STORAGE": env["QUANTLAB_STORAGE"]}, REPO)
 
 
 TIMING = {"train_float": 0.08, "train_quant": 0.1, "eval": 0.05, "device": "test device"}
@@ -111,7 +118,7 @@ def test_each_shipped_campaign_plans_its_jobs_and_device_hours_and_writes_nothin
     assert any(j["workers"] > 1 for j in jobs.values())  # a fan-out is planned in every shipped campaign
 
     before = files_under(tmp_path)
-    out = campaign("plan", name, "--system", "slurm", env=env)
+    out = campaign_here("plan", name, "--system", "slurm", env=env)
     assert out.returncode == 0, out.stderr
     assert parse_graph(out.stdout) == jobs
     assert "\nestimate: " not in out.stdout and f"measure {name} --system slurm" in out.stdout
@@ -122,7 +129,7 @@ def test_each_shipped_campaign_plans_its_jobs_and_device_hours_and_writes_nothin
     timing = {**TIMING, "train_quant": 5.0}
     (tmp_path / "logs" / "campaigns" / "timings" / "slurm.json").write_text(json.dumps({where: timing}))
     before = files_under(tmp_path)
-    out = campaign("plan", name, "--system", "slurm", env=env)
+    out = campaign_here("plan", name, "--system", "slurm", env=env)
     assert out.returncode == 0, out.stderr
     assert files_under(tmp_path) == before and parse_graph(out.stdout) == jobs
 
@@ -238,7 +245,7 @@ def test_a_bad_campaign_is_one_line_before_anything_is_submitted(case, tmp_path)
     text, named = BAD[case]
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    out = campaign("submit", str(path), env=storage_env(tmp_path))
+    out = campaign_here("submit", str(path), env=storage_env(tmp_path))  # refused before anything runs
     assert out.returncode == 1
     assert len(out.stderr.strip().splitlines()) == 1 and str(path) in out.stderr and named in out.stderr
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("exp*"))
@@ -449,7 +456,7 @@ def test_a_damaged_campaign_record_is_one_line_naming_it(tmp_path, record):
     (folder / "jobs").mkdir(parents=True)
     (folder / "state.json").write_text(json.dumps({"experiments": {}, "submitted": {}}))
     (folder / record).write_text('{"experiments": {"float": 0')  # cut short
-    out = campaign("status", "mqat_swisscube", env=env)
+    out = campaign_here("status", "mqat_swisscube", env=env)
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert f"{folder / record}: damaged record, not JSON" in out.stderr and "Traceback" not in out.stderr
 

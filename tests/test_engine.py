@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, in_process
 
 PY = sys.executable
 HOROVODRUN = str(Path(PY).with_name("horovodrun"))
@@ -58,34 +58,10 @@ def run(cmd: list[str], storage: Path, ranks: int = 1, timeout: int = 240,
 
 
 def run_here(cmd: list[str], storage: Path) -> subprocess.CompletedProcess:
-    """`cmd` (a main.py command line) run in this process, for a run that ends at its
-    start-up checks: without the seconds a new process spends importing torch. What main
-    changes in the process (environment, folder, signal handlers) is put back."""
-    import contextlib
-    import io
-    import signal
-
+    """`cmd` (a main.py command line) run in this process (conftest.in_process), for a run
+    that ends at its start-up checks."""
     import main as entry
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    saved_env, saved_cwd = os.environ.get("QUANTLAB_STORAGE"), os.getcwd()
-    out, err = io.StringIO(), io.StringIO()
-    os.environ["QUANTLAB_STORAGE"] = str(storage / "hard_storage.json")
-    os.chdir(storage)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = entry.main(cmd[1:])
-            except SystemExit as exc:  # argparse's usage errors
-                code = exc.code
-    finally:
-        os.chdir(saved_cwd)
-        if saved_env is None:
-            os.environ.pop("QUANTLAB_STORAGE", None)
-        else:
-            os.environ["QUANTLAB_STORAGE"] = saved_env
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-    return subprocess.CompletedProcess(cmd, code, out.getvalue(), err.getvalue())
+    return in_process(entry.main, cmd[1:], {"QUANTLAB_STORAGE": str(storage / "hard_storage.json")}, storage)
 
 
 def exp_dir(storage: Path, n: int = 0) -> Path:
