@@ -3,7 +3,7 @@ import itertools
 
 import pytest
 
-from quantlab.mqat.runner import cached, candidate_key
+from quantlab.mqat.runner import Candidate, cached
 from quantlab.mqat.search import bit_search, exhaustive_flow, model_size, module_cube, plan_bits, subsets
 from quantlab.quant.layers import FLOAT_BITS as FLOAT
 from quantlab.records import Ledger
@@ -84,7 +84,7 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_candidates(tmp
     calls = []
 
     def run(bits, order):
-        calls.append(candidate_key(bits, order))
+        calls.append(Candidate.of(bits, order).key)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return table_run(bits, order)

@@ -147,6 +147,7 @@ def exit_process(code: int) -> NoReturn:
         os._exit(code)
     sys.exit(code)
 
+
 def waiting(name: str) -> contextlib.AbstractContextManager:
     """Mark a wait for the other ranks (a collective), which the watchdog times."""
     return _watchdog.waiting(name) if _watchdog is not None else contextlib.nullcontext()

@@ -53,13 +53,12 @@ def recipe(qcfg: dict, epochs: int | None) -> None:
     too), and a run that trains its rules for `epochs` (None: it trains none) finishes
     their schedules in them."""
     rules = [Rule.from_config(entry, f"quantize.rules[{i}]") for i, entry in enumerate(qcfg["rules"])]
-    used = {r.algorithm for r in rules}
+    used = sorted({r.algorithm for r in rules})
     for name, algorithm in REGISTRY.items():
         if algorithm.check_settings is not None:
             algorithm.check_settings(qcfg, name in used)
-    if epochs is not None:
-        for name in dict.fromkeys(r.algorithm for r in rules):
-            check_epochs(name, qcfg, epochs, "training.epochs")
+    for name in used if epochs is not None else ():
+        check_epochs(name, qcfg, epochs, "training.epochs")
 
 
 def checkpoint(spec: str, saves: Path | None) -> None:

@@ -16,7 +16,7 @@ from quantlab.errors import ConfigError
 from quantlab.hawq.allocation import run_hawq
 from quantlab.modes import WORKER, Child, Mode, publish, task_tables
 from quantlab.mqat.cube import cube, cube_children, ledger
-from quantlab.mqat.runner import FINETUNE, StagedRuns, candidate_key, staged
+from quantlab.mqat.runner import FINETUNE, Candidate, StagedRuns, staged
 from quantlab.mqat.search import bit_search, exhaustive_flow, model_size, plan_bits
 from quantlab.mqat.tables import TABLES
 from quantlab.quant.editing import pattern_of, quantizable_weights
@@ -78,10 +78,10 @@ def run(ctx: RunContext) -> None:
         searched = {b: bit_search(p, order, staged(ctx, done)) for b, p in plans.items()}
     if jobs.stops_after("bits"):
         return
-    floats = done.entries[candidate_key({m: FLOAT_BITS for m in modules}, None)]
+    floats = done.entries[Candidate.of({m: FLOAT_BITS for m in modules}, None).key]
     points = []
     for budget, (bits, evidence) in searched.items():
-        best = done.entries[candidate_key(bits, order)]
+        best = done.entries[Candidate.of(bits, order).key]
         points.append({"budget": budget, "bits": bits, "metric": best["metric"], "metrics": best.get("metrics", {}),
                        "evaluation": best.get("evaluation"), "experiment": best["experiment"],
                        "compression": float_size / model_size(bits, weights, rest), "candidates": evidence})

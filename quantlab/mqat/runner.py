@@ -52,16 +52,11 @@ class Candidate:
         return f"{self.algorithm + '_' if self.algorithm else ''}{part}__{'-'.join(self.order or ())}"
 
 
-def candidate_key(bits: dict[str, int], order: list[str] | None, algorithm: str | None = None) -> str:
-    """The ledger key of a candidate (Candidate.key)."""
-    return Candidate.of(bits, order, algorithm).key
-
-
 def cached(ledger: Ledger | Claimed, run: Run, algorithm: str | None = None) -> Run:
     """`run` that answers finished candidates from the ledger and records new ones (one
     job per candidate when the ledger is claimed; PENDING where another job holds it)."""
     def wrapped(bits: dict[str, int], order: list[str] | None) -> dict[str, Any]:
-        entry = ledger.obtain(candidate_key(bits, order, algorithm), lambda: {"bits": bits, "order": order,
+        entry = ledger.obtain(Candidate.of(bits, order, algorithm).key, lambda: {"bits": bits, "order": order,
                                                                              **run(bits, order)})
         return PENDING if entry is None else entry
     return wrapped

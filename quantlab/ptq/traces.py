@@ -21,7 +21,7 @@ from quantlab.quant.quantizers import symmetric_linear
 from quantlab.sensitivity.fisher import fisher_samples
 from quantlab.sensitivity.hessian import hutchinson_samples
 from quantlab.sensitivity.ilp import average_bits
-from quantlab.sensitivity.omega import omega, per_layer, flat
+from quantlab.sensitivity.omega import flat, omega, per_layer
 from quantlab.sensitivity.traces import Trace, moments, pooled, summary, used
 
 Tensors = dict[str, list[torch.Tensor]]

@@ -14,12 +14,13 @@ import importlib
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
 from quantlab.errors import ConfigError
+from quantlab.quant.controllers import Controller
 
 #: (float weight, bits, per_channel, channel axis, loading) -> the weight quantizer;
 #: `loading`: a checkpoint's state follows, so data-dependent initialisation may be skipped
@@ -40,7 +41,7 @@ class Algorithm:
     #: the weight bits it takes, inclusive
     bits: tuple[int, int] = (2, 8)
     #: (model, `quantize` section) -> the epoch controller of its layers (quantlab.quant.controllers)
-    controller: Callable[[nn.Module, dict], Any] | None = None
+    controller: Callable[[nn.Module, dict], Controller] | None = None
     #: (`quantize` section, whether a rule uses the family) -> None: checks its own
     #: settings; raises ConfigError
     check_settings: Callable[[dict, bool], None] | None = None
