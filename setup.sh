@@ -23,7 +23,7 @@ VENV=.venv
 TORCH_VERSION=2.14.1
 TORCHVISION_VERSION=0.29.1
 HOROVOD_VERSION=0.28.1
-HOROVOD_PATCHES=2   # bump when patch_horovod_sdist changes: the cached wheel is keyed by it
+HOROVOD_PATCHES=3   # bump when patch_horovod_sdist changes: the cached wheel is keyed by it
 CACHE=${QUANTLAB_CACHE:-$HOME/.cache/quantlab}
 
 say() { echo "[setup] $*"; }
@@ -87,6 +87,43 @@ patch_horovod_sdist() {
     grep -qF "$LAUNCHER_FIX" "$src/horovod/runner/mpi_run.py" || { echo "horovod patch failed: horovod/runner/mpi_run.py" >&2; exit 1; }
     grep -q 'CMAKE_CXX_STANDARD 20' "$src/horovod/torch/CMakeLists.txt" || { echo "horovod patch failed: horovod/torch/CMakeLists.txt" >&2; exit 1; }
     grep -q -- '-std=c++20' "$src/third_party/gloo/CMakeLists.txt" || { echo "horovod patch failed: third_party/gloo/CMakeLists.txt" >&2; exit 1; }
+    patch_gloo_stop "$src"
+}
+
+# One more launcher fix: horovodrun --gloo stops a rank from a thread of its "middleman"
+# process, which waits for the shell running the rank with psutil and so reaps it. When
+# that thread reaps first, the middleman's own wait() finds no child and reports status 0:
+# about 2 stops in 5 ended horovodrun with status 0, and a stopped run looked finished.
+# The patched thread waits without reaping, leaving the exit status to the middleman.
+GLOO_STOP_FIX="def _exited_unreaped(p, timeout):"
+patch_gloo_stop() {
+    local file=$1/horovod/runner/common/util/safe_shell_exec.py
+    "$VENV/bin/python" - "$file" <<'PY'
+import sys
+from pathlib import Path
+
+path = Path(sys.argv[1])
+text = path.read_text()
+waits = ("    try:\n"
+         "        p.wait(timeout=GRACEFUL_TERMINATION_TIME_S)\n"
+         "    except psutil.TimeoutExpired:\n")
+helper = ('def _exited_unreaped(p, timeout):\n'
+          '    """Whether the process ended within `timeout` s; its parent\'s wait() takes its status."""\n'
+          '    deadline = time.monotonic() + timeout\n'
+          '    while time.monotonic() < deadline:\n'
+          '        try:\n'
+          '            if p.status() == psutil.STATUS_ZOMBIE:\n'
+          '                return True\n'
+          '        except psutil.NoSuchProcess:\n'
+          '            return True\n'
+          '        time.sleep(0.05)\n'
+          '    return False\n\n\n')
+anchor = "def terminate_executor_shell_and_children(pid):"
+if text.count(waits) == 1 and text.count(anchor) == 1:
+    text = text.replace(waits, "    if not _exited_unreaped(p, GRACEFUL_TERMINATION_TIME_S):\n")
+    path.write_text(text.replace(anchor, helper + anchor))
+PY
+    grep -qF "$GLOO_STOP_FIX" "$file" || { echo "horovod patch failed: $file" >&2; exit 1; }
 }
 
 # The NCCL flavour, as built here against CUDA 13.0 and torch's NCCL 2.30: Horovod's CMake
@@ -112,11 +149,11 @@ nccl_build_env() {
 # script that refuses in one line naming the fix.
 horovod_failed() {
     local log=$1
-    say "Horovod $HOROVOD_VERSION did not build (log: $log): use torchrun --nproc_per_node N main.py ... (docs/clusters.md)"
+    say "Horovod $HOROVOD_VERSION did not build (log: $log): use torchrun --standalone --nproc_per_node N main.py ... (docs/clusters.md)"
     "${PIP[@]}" uninstall -y horovod >/dev/null 2>&1 || true
     cat > "$VENV/bin/horovodrun" <<STUB
 #!/bin/sh
-echo "horovodrun: Horovod did not build on this machine (log: $log); launch with torchrun --nproc_per_node N main.py ..., or fix the build and run ./setup.sh again" >&2
+echo "horovodrun: Horovod did not build on this machine (log: $log); launch with torchrun --standalone --nproc_per_node N main.py ..., or fix the build and run ./setup.sh again" >&2
 exit 1
 STUB
     chmod +x "$VENV/bin/horovodrun"
@@ -132,6 +169,7 @@ ensure_horovod() {
     if "$VENV/bin/python" -c "import horovod.torch" 2>/dev/null \
         && [ "$("$VENV/bin/python" -c 'import horovod; print(horovod.__version__)')" = "$HOROVOD_VERSION" ] \
         && grep -qF "$LAUNCHER_FIX" "$("$VENV/bin/python" -c 'import horovod.runner.mpi_run as m; print(m.__file__)')" \
+        && grep -qF "$GLOO_STOP_FIX" "$("$VENV/bin/python" -c 'import horovod.runner.common.util.safe_shell_exec as m; print(m.__file__)')" \
         && [ "$("$VENV/bin/python" -c 'import horovod.torch as h; print("nccl" if h.nccl_built() else "cpu")')" = "$gpu" ]; then
         return
     fi
