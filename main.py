@@ -1,7 +1,7 @@
 """quantlab command line: train, quantize and test a problem/topology pair.
 
     horovodrun -np N python main.py --problem SwissCube --topology Widedepth --mode train
-    torchrun --nproc_per_node N main.py --problem SwissCube --topology Widedepth --mode train
+    torchrun --standalone --nproc_per_node N main.py --problem SwissCube --topology Widedepth --mode train
     python main.py --problem SwissCube --topology Widedepth --mode test --exp_id 0 --ckpt best
 
 Parse, check, build the run context, dispatch: what each mode does is in quantlab/modes/.

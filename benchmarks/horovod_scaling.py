@@ -48,7 +48,7 @@ QUICK = {"1 rank", "2 ranks", "2 ranks, MPI busy-polling", "torchrun: 1 rank", "
 def train(ranks: int, controller: str, sets: list[str], epochs: int, storage: Path) -> dict:
     """One horovodrun or torchrun training job; images/s and seconds per epoch after the
     first, rank 0's peak RSS."""
-    launcher = ([str(REPO / ".venv" / "bin" / "torchrun"), "--nproc_per_node", str(ranks)] if controller == "torchrun"
+    launcher = ([str(REPO / ".venv" / "bin" / "torchrun"), "--standalone", "--nproc_per_node", str(ranks)] if controller == "torchrun"
                 else [str(REPO / ".venv" / "bin" / "horovodrun"), "-np", str(ranks), "-H", f"localhost:{ranks}",
                       f"--{controller}", sys.executable])
     cmd = [*launcher, str(REPO / "main.py"), "--problem", "SwissCube", "--topology", "Widedepth",

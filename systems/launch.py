@@ -83,7 +83,7 @@ def torchrun_command(system: dict, main_args: list[str]) -> list[str]:
         if "," in str(system["hosts"]):
             sys.exit("launcher torchrun: several hosts need a Slurm allocation (hosts: slurm), or torchrun started "
                      "on each host by hand (docs/clusters.md)")
-        cmd = [torchrun, f"--nproc_per_node={system['ranks']}"]
+        cmd = [torchrun, "--standalone", f"--nproc_per_node={system['ranks']}"]
     return [*cmd, str(REPO / "main.py"), *main_args]
 
 

@@ -2,7 +2,7 @@
 differ by rank, with what this rank saw written to <out>/rank<r>.json.
 
     horovodrun -np 2 -H localhost:2 python tests/collectives_worker.py OUT horovod
-    torchrun --nproc_per_node 2 tests/collectives_worker.py OUT torch
+    torchrun --standalone --nproc_per_node 2 tests/collectives_worker.py OUT torch
 """
 from __future__ import annotations
 

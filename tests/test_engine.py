@@ -53,7 +53,7 @@ def run(cmd: list[str], storage: Path, ranks: int = 1, timeout: int = 240,
     env = dict(os.environ, QUANTLAB_STORAGE=str(storage / "hard_storage.json"), PYTHONUNBUFFERED="1")
     full = [PY, *cmd] if ranks == 1 else (
         [HOROVODRUN, "-np", str(ranks), "-H", f"localhost:{ranks}", PY, *cmd] if launcher == "horovodrun"
-        else [TORCHRUN, "--nproc_per_node", str(ranks), *cmd])
+        else [TORCHRUN, "--standalone", "--nproc_per_node", str(ranks), *cmd])
     return subprocess.run(full, env=env, capture_output=True, text=True, timeout=timeout, cwd=storage)
 
 

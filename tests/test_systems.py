@@ -26,8 +26,8 @@ def test_unknown_system_is_named():
 
 def test_a_torchrun_profile_runs_torchrun_on_this_machine():
     cmd = command(load("laptop_torchrun"), ["--problem", "SwissCube"])
-    assert cmd[0].endswith("torchrun") and cmd[1] == "--nproc_per_node=2"
-    assert cmd[2].endswith("main.py") and cmd[-2:] == ["--problem", "SwissCube"]
+    assert cmd[0].endswith("torchrun") and cmd[1:3] == ["--standalone", "--nproc_per_node=2"]
+    assert cmd[3].endswith("main.py") and cmd[-2:] == ["--problem", "SwissCube"]
 
 
 def test_torchrun_on_slurm_runs_one_torchrun_per_node_meeting_on_the_first(monkeypatch):
