@@ -17,7 +17,7 @@ from tests.conftest import REPO
 
 PY = sys.executable
 LAUNCH = {"horovod": [str(Path(PY).with_name("horovodrun")), "-np", "2", "-H", "localhost:2", PY],
-          "torch": [str(Path(PY).with_name("torchrun")), "--nproc_per_node", "2"]}
+          "torch": [str(Path(PY).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]}
 
 
 def expected_step(compression: str) -> list[float]:
@@ -133,7 +133,7 @@ def test_torchrun_trains_as_horovodrun_does_and_a_killed_run_resumes_exactly(sto
     assert horovod["metrics"] == torchrun["metrics"]
     assert all(torch.equal(horovod["model"][k], torchrun["model"][k]) for k in horovod["model"])
     env = dict(os.environ, QUANTLAB_STORAGE=str(storage / "hard_storage.json"))
-    proc = subprocess.Popen([TORCHRUN, "--nproc_per_node", "2", *main_cmd("--mode", "train", sets=epochs)],
+    proc = subprocess.Popen([TORCHRUN, "--standalone", "--nproc_per_node", "2", *main_cmd("--mode", "train", sets=epochs)],
                             env=env, cwd=storage, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = exp_dir(storage) / "saves" / "epoch_0001.pt"
     deadline = time.time() + 180
@@ -166,6 +166,7 @@ def test_without_horovod_one_process_and_torchrun_run_and_the_horovod_backend_is
         "error (rank 0): Horovod is not installed in this environment (Horovod did not build here)")
 
 
+@pytest.mark.xdist_group("slurm")  # one real Slurm at a time (tests/test_campaign_e2e.py)
 def test_a_slurm_job_runs_torchrun_through_srun_with_the_profiles_ranks(storage, slurm, tmp_path):
     """systems/launch.py inside an sbatch job: srun starts one torchrun per node, which
     starts the node's ranks ($SLURM_NTASKS_PER_NODE) meeting at the c10d rendezvous."""

@@ -30,6 +30,11 @@ TABLES = ("cube", "module_bits", "compression", "depth")
 SETS = [*TINY_SET, "training.epochs=1"]
 
 
+#: the runs that share this module's reference (`root`), and the real Slurm, go to one
+#: pytest-xdist worker: the reference is made once and one Slurm runs at a time
+SERIAL = pytest.mark.xdist_group("slurm")
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory, tiny_root) -> Path:
     """Storage with the tiny set, and the reference: one float training, one `--mode mqat`."""
@@ -106,6 +111,7 @@ def assert_same_as_reference(root: Path, exp: Path) -> None:
     assert [(p["bits"], p["metric"]) for p in result["points"]] == [(p["bits"], p["metric"]) for p in expected["points"]]
 
 
+@SERIAL
 def test_local_campaign_killed_mid_child_resumes_to_the_single_job_tables(root):
     env = env_of(root)
     path = write_campaign(root, "tiny-local")
@@ -137,6 +143,7 @@ def test_local_campaign_killed_mid_child_resumes_to_the_single_job_tables(root):
     assert third.returncode == 0 and "started" not in third.stdout
 
 
+@SERIAL
 def test_slurm_campaign_cancelled_mid_child_resumes_to_the_single_job_tables(root, slurm, tmp_path):
     env = env_of(root, **slurm)
     system = tmp_path / "slurm_one_node.yaml"
