@@ -45,13 +45,14 @@ RUNS = [
 QUICK = {"1 rank", "2 ranks", "2 ranks, MPI busy-polling", "torchrun: 1 rank", "torchrun: 2 ranks"}
 
 
-def train(ranks: int, controller: str, sets: list[str], epochs: int, storage: Path) -> dict:
+def train(ranks: int, controller: str, sets: list[str], epochs: int, storage: Path,
+          problem: tuple[str, str] = ("SwissCube", "Widedepth")) -> dict:
     """One horovodrun or torchrun training job; images/s and seconds per epoch after the
     first, rank 0's peak RSS."""
     launcher = ([str(REPO / ".venv" / "bin" / "torchrun"), "--standalone", "--nproc_per_node", str(ranks)] if controller == "torchrun"
                 else [str(REPO / ".venv" / "bin" / "horovodrun"), "-np", str(ranks), "-H", f"localhost:{ranks}",
                       f"--{controller}", sys.executable])
-    cmd = [*launcher, str(REPO / "main.py"), "--problem", "SwissCube", "--topology", "Widedepth",
+    cmd = [*launcher, str(REPO / "main.py"), "--problem", problem[0], "--topology", problem[1],
            "--set", f"training.epochs={epochs}", "--set", "engine.eval_every=0", "--set", "engine.threads=1"]
     for s in sets:
         cmd += ["--set", s]

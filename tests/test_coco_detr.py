@@ -155,14 +155,14 @@ def test_box_terms_are_normalised_by_the_box_count_averaged_over_ranks(tmp_path)
     seen = []
 
     def across(value, name):
-        seen.append(value)
+        seen.append((name, value))
         return (value + 3.0) / 2
     averaged = task.loss(outputs, batch, across=across)
     local = task.loss(outputs, batch)
     criterion = SetCriterion(cfg["network"]["num_classes"], cfg["loss"]["eos_coef"],
                              {"ce": cfg["loss"]["ce"], "bbox": cfg["loss"]["bbox"], "giou": cfg["loss"]["giou"]})
     truth = criterion(outputs, [{"labels": batch["labels"][0], "boxes": batch["boxes"][0]}], 2.0)
-    assert seen == [1.0]
+    assert seen == [("detr.num_boxes", 1.0)] == list(task.loss_counts(batch).items())  # what the trainer sends ahead
     for term in ("bbox", "giou", "ce"):
         assert torch.allclose(averaged[term], truth[term])
     assert torch.allclose(averaged["bbox"] * 2, local["bbox"]) and torch.allclose(averaged["ce"], local["ce"])

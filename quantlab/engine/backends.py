@@ -18,7 +18,7 @@ import importlib
 import os
 import socket
 import types
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as tdist
@@ -95,6 +95,12 @@ class Horovod:
         """`op`: mean or max, on a copy."""
         return self.hvd.allreduce(tensor.detach(), op=self.hvd.Average if op == "mean" else self.hvd.Max, name=name)
 
+    def allreduce_async(self, tensor: torch.Tensor, op: str, name: str) -> Callable[[], torch.Tensor]:
+        """`allreduce` started now; the returned call waits for it and gives the result."""
+        handle = self.hvd.allreduce_async(tensor.detach(), op=self.hvd.Average if op == "mean" else self.hvd.Max,
+                                          name=name)
+        return lambda: self.hvd.synchronize(handle)
+
     def optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, compression: str,
                   passes: int) -> torch.optim.Optimizer:
         methods = {"none": self.hvd.Compression.none, "fp16": self.hvd.Compression.fp16}
@@ -159,9 +165,17 @@ class TorchDistributed:
 
     def allreduce(self, tensor: torch.Tensor, op: str, name: str) -> torch.Tensor:
         """`op`: mean or max, on a copy (gloo has no average: a sum, then / ranks)."""
+        return self.allreduce_async(tensor, op, name)()
+
+    def allreduce_async(self, tensor: torch.Tensor, op: str, name: str) -> Callable[[], torch.Tensor]:
+        """`allreduce` started now; the returned call waits for it and gives the result."""
         out = tensor.detach().clone()
-        tdist.all_reduce(out, op=tdist.ReduceOp.MAX if op == "max" else tdist.ReduceOp.SUM)
-        return out / tdist.get_world_size() if op == "mean" else out
+        work = tdist.all_reduce(out, op=tdist.ReduceOp.MAX if op == "max" else tdist.ReduceOp.SUM, async_op=True)
+
+        def result() -> torch.Tensor:
+            work.wait()
+            return out / tdist.get_world_size() if op == "mean" else out
+        return result
 
     def optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, compression: str,
                   passes: int) -> torch.optim.Optimizer:

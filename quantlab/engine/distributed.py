@@ -258,6 +258,22 @@ def allreduce_mean(values: dict[str, float], name: str) -> dict[str, float]:
     return dict(zip(keys, reduced.tolist()))
 
 
+def allreduce_mean_async(values: dict[str, float], name: str) -> Callable[[], dict[str, float]]:
+    """`allreduce_mean` started now, returning the call that waits for it: a collective
+    started a batch ahead is done by the time the step needs it, so the step does not
+    wait for it. The same numbers as `allreduce_mean` (one float64 tensor, the same
+    reduction); nothing to wait for when `values` is empty."""
+    if not values:
+        return dict
+    keys = sorted(values)
+    wait = _backend.allreduce_async(torch.tensor([values[k] for k in keys], dtype=torch.float64), "mean", name)
+
+    def result() -> dict[str, float]:
+        with waiting(name):
+            return dict(zip(keys, wait().tolist()))
+    return result
+
+
 def allreduce_scalar(value: float, name: str) -> float:
     """The mean over ranks of one number each rank holds (all ranks must call it)."""
     with waiting(name):

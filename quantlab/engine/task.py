@@ -82,6 +82,13 @@ class Task(ABC):
         passes `across`, which averages a per-rank number (e.g. DETR's box count) over the
         ranks; elsewhere (traces on one rank's images) it is None: this rank alone."""
 
+    def loss_counts(self, batch: Batch) -> dict[str, float]:
+        """The numbers `loss` averages over ranks with `across`, by the names it passes,
+        when the batch alone gives them (DETR's box count): the trainer starts their
+        all-reduce a batch ahead, so that a step waits for nothing but its gradients.
+        A number left out here is averaged inside the step. None by default."""
+        return {}
+
     @abstractmethod
     def predict(self, outputs: Any, batch: Batch) -> list[dict]:
         """Per-sample predictions (picklable, each with the sample's `index`)."""

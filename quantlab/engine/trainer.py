@@ -12,7 +12,7 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader
@@ -25,7 +25,7 @@ from quantlab.engine.health import diverged
 from quantlab.engine.loaders import train_loader
 from quantlab.engine.meters import MeanMeter
 from quantlab.engine.optim import build_optimizer, build_schedule, lr_scale, rescale_lr
-from quantlab.engine.task import to_device
+from quantlab.engine.task import Batch, to_device
 from quantlab.errors import CheckpointError, QuantlabError, TrainingError, shared
 from quantlab.progress import line, progress
 from quantlab.quant import calibration, qat
@@ -70,6 +70,8 @@ class TrainerSettings:
     save_every: int
     eval_split: str
     select_split: str
+    #: start the all-reduce of a batch's loss counts (Task.loss_counts) a batch ahead
+    counts_ahead: bool = True
 
     @classmethod
     def from_config(cls, cfg: dict) -> "TrainerSettings":
@@ -78,7 +80,8 @@ class TrainerSettings:
                    grad_clip=train["grad_clip"], optimization=train, lr_scaling=engine["lr_scaling"],
                    horovod=engine["horovod"], quantize=cfg["quantize"], compile=engine["compile"],
                    eval_every=engine["eval_every"], save_every=engine["save_every"],
-                   eval_split=engine["eval_split"], select_split=engine["select_split"])
+                   eval_split=engine["eval_split"], select_split=engine["select_split"],
+                   counts_ahead=engine["counts_ahead"])
 
 
 class Trainer:
@@ -241,12 +244,14 @@ class Trainer:
         passes, batches = self.settings.horovod["backward_passes_per_step"], len(loader)
         bar = progress(loader, desc=f"epoch {epoch + 1}/{self.settings.epochs}", enabled=self.ctx.world.is_main)
         start = time.perf_counter()
-        for step, batch in enumerate(bar):
+        for step, (batch, counts) in enumerate(self._with_counts(bar)):
             first = step - step % passes
             group = min(passes, batches - first)
             batch = to_device(batch, self.ctx.device)
             outputs = task.forward(model, batch)
-            terms = task.loss(outputs, batch, across=dist.allreduce_scalar)
+            averaged = counts()
+            terms = task.loss(outputs, batch, across=lambda value, name: averaged[name] if name in averaged
+                              else dist.allreduce_scalar(value, name))
             for name, term in self.terms.items():
                 terms[name] = term(model, outputs, batch)
             loss = sum(terms.values())
@@ -279,6 +284,25 @@ class Trainer:
     def _evaluates(self, epoch: int) -> bool:
         every = self.settings.eval_every
         return epoch + 1 == self.settings.epochs or (every > 0 and (epoch + 1) % every == 0)
+
+    def _with_counts(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, Callable[[], dict]]]:
+        """Each batch with the call that gives its loss counts (Task.loss_counts) averaged
+        over ranks. The next batch is loaded and its all-reduce started before this one is
+        yielded: every rank starts it before its step's gradients, so it is done when the
+        next step asks, and a step waits only for its gradients. The numbers are those of
+        the all-reduce inside the step that `engine.counts_ahead: false` keeps (the loss
+        averages its counts itself). Two are in flight at once: names alternate."""
+        if not self.settings.counts_ahead:
+            yield from ((batch, dict) for batch in batches)
+            return
+        counts, held = self.ctx.task.loss_counts, None
+        for step, batch in enumerate(batches):
+            started = batch, dist.allreduce_mean_async(counts(batch), f"loss_counts.{step % 2}")
+            if held is not None:
+                yield held
+            held = started
+        if held is not None:
+            yield held
 
     def _snapshot(self, epoch: int) -> dict[str, Any]:
         """The state to save after `epoch`, once the ranks agree and the model is sound."""

@@ -26,11 +26,20 @@ from quantlab.metrics.bootstrap import PerImage, Scored
 SPLITS = {"train": "train", "test": "val", "val": "val"}
 
 
+#: the name under which the box count is averaged over ranks (`Task.loss_counts`)
+NUM_BOXES = "detr.num_boxes"
+
+
+def box_count(labels: list[torch.Tensor]) -> float:
+    """The target boxes of this rank's batch."""
+    return float(sum(len(l) for l in labels))
+
+
 def num_boxes(targets: list[dict], across: Across | None) -> float:
     """What the box terms are normalised by: the batch's target boxes, averaged over the
     ranks of a training step as DETR's criterion all-reduces them, at least 1."""
-    count = float(sum(len(t["labels"]) for t in targets))
-    return max(1.0, across(count, "detr.num_boxes") if across is not None else count)
+    count = box_count([t["labels"] for t in targets])
+    return max(1.0, across(count, NUM_BOXES) if across is not None else count)
 
 
 class SeededCoco(CocoDetection):
@@ -97,6 +106,9 @@ class DETRTask(Task):
 
     def targets(self, batch: Batch, device: torch.device) -> list[dict]:
         return [{"labels": l.to(device), "boxes": b.to(device)} for l, b in zip(batch["labels"], batch["boxes"])]
+
+    def loss_counts(self, batch: Batch) -> dict[str, float]:
+        return {NUM_BOXES: box_count(batch["labels"])}
 
     def loss(self, outputs, batch: Batch, across: Across | None = None) -> dict[str, torch.Tensor]:
         if self._criterion is None:
