@@ -93,7 +93,7 @@ class Horovod:
 
     def allreduce(self, tensor: torch.Tensor, op: str, name: str) -> torch.Tensor:
         """`op`: mean or max, on a copy."""
-        return self.hvd.allreduce(tensor.detach(), op=self.hvd.Average if op == "mean" else self.hvd.Max, name=name)
+        return self.allreduce_async(tensor, op, name)()
 
     def allreduce_async(self, tensor: torch.Tensor, op: str, name: str) -> Callable[[], torch.Tensor]:
         """`allreduce` started now; the returned call waits for it and gives the result."""

@@ -249,20 +249,14 @@ def distributed_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Modu
 
 def allreduce_mean(values: dict[str, float], name: str) -> dict[str, float]:
     """Average a dict of scalars over ranks (keys sorted for a stable order)."""
-    if not values:
-        return {}
-    keys = sorted(values)
-    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    with waiting(name):
-        reduced = _backend.allreduce(tensor, "mean", name)
-    return dict(zip(keys, reduced.tolist()))
+    return allreduce_mean_async(values, name)()
 
 
 def allreduce_mean_async(values: dict[str, float], name: str) -> Callable[[], dict[str, float]]:
-    """`allreduce_mean` started now, returning the call that waits for it: a collective
-    started a batch ahead is done by the time the step needs it, so the step does not
-    wait for it. The same numbers as `allreduce_mean` (one float64 tensor, the same
-    reduction); nothing to wait for when `values` is empty."""
+    """Average a dict of scalars over ranks (one float64 tensor, keys sorted for a stable
+    order), started now; the returned call waits for the result. A collective started a
+    batch ahead is done by the time the step needs it, so the step does not wait for it.
+    Nothing to wait for when `values` is empty."""
     if not values:
         return dict
     keys = sorted(values)
