@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from quantlab.engine.context import RunContext
     from quantlab.engine.logbook import Logbook
     from quantlab.errors import ConfigError
+    from quantlab.quant import fused
 
     mode: Mode = MODES[args.mode]
     cfg, data_root, logs_root, dropped = configure(args)
@@ -124,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     world = dist.init(cfg["engine"]["threads"], cfg["engine"]["stall_timeout"], cfg["engine"]["horovod"],
                       on_cpu=dist.on_cpu(cfg["engine"]["device"]), backend=cfg["engine"]["backend"])
     progress.configure(cfg["engine"]["progress_interval"])
+    fused.configure(cfg["engine"]["fused_quantizers"])
     device = dist.device_for(world, cfg["engine"]["device"])
     task = importlib.import_module(f"problems.{args.problem}.{args.topology}").build_task(cfg, data_root)
     given = {**{flag.lstrip("-"): getattr(args, flag.lstrip("-")) for flag in options()}, "overrides": args.overrides}

@@ -128,6 +128,10 @@ def test_kill_and_resume_equals_uninterrupted(storage, tmp_path_factory):
     shutil.copytree(storage, reference, dirs_exist_ok=True)
     out = run(main_cmd("--mode", "train", sets=[f"training.epochs={epochs}"]), reference)
     assert out.returncode == 0, out.stderr
+    # engine.compile auto chose after 5 of the 12 steps: 7 steps of a few ms are far below
+    # 20 times a compile, and the checkpoints keep the choice for a resumed run
+    assert re.search(r"engine.compile auto: staying eager: .* of the ~\d+ s left \(7 steps of", out.stdout)
+    assert load(exp_dir(reference) / "saves" / "last.pt")["compiled"] is False
     _train_until_killed(storage, epochs)
     saves = exp_dir(storage) / "saves"
     killed_at = load(saves / "last.pt")["epoch"]

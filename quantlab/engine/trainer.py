@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from quantlab.engine import checkpoint, distributed as dist, preflight
+from quantlab.engine.autocompile import StepClock, choose
 from quantlab.engine.context import RunContext
 from quantlab.engine.evaluation import evaluate
 from quantlab.engine.health import diverged
@@ -65,13 +66,16 @@ class TrainerSettings:
     horovod: dict
     #: the `quantize` section: the recipe, calibration, schedules and loss terms
     quantize: dict
-    compile: bool
+    #: `engine.compile`: True, False or "auto" (quantlab.engine.autocompile)
+    compile: bool | str
     eval_every: int
     save_every: int
     eval_split: str
     select_split: str
     #: start the all-reduce of a batch's loss counts (Task.loss_counts) a batch ahead
     counts_ahead: bool = True
+    #: the compile time `engine.compile: auto` weighs against the run's remaining time
+    compile_seconds: float = 120.0
 
     @classmethod
     def from_config(cls, cfg: dict) -> "TrainerSettings":
@@ -81,7 +85,7 @@ class TrainerSettings:
                    horovod=engine["horovod"], quantize=cfg["quantize"], compile=engine["compile"],
                    eval_every=engine["eval_every"], save_every=engine["save_every"],
                    eval_split=engine["eval_split"], select_split=engine["select_split"],
-                   counts_ahead=engine["counts_ahead"])
+                   counts_ahead=engine["counts_ahead"], compile_seconds=engine["compile_seconds"])
 
 
 class Trainer:
@@ -124,6 +128,9 @@ class Trainer:
         self.eval_due = False  # the last saved epoch awaits its evaluation
         self._probe: dict | None = None
         self._compiling = False  # compiled, and the first step (which compiles) is still to come
+        #: whether the model is compiled: the setting, or engine.compile auto's choice once made
+        self.compiled: bool | None = settings.compile if isinstance(settings.compile, bool) else None
+        self._clock = StepClock()  # the run's first steps, for engine.compile auto
         self.tb = SummaryWriter(str(ctx.logbook.stats)) if world.is_main else None
 
     # state ---------------------------------------------------------------------------------
@@ -133,6 +140,7 @@ class Trainer:
             "epoch": self.epoch,
             "best": self.best,
             "eval_due": self.eval_due,
+            "compiled": self.compiled,
             "world_size": self.ctx.world.size,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -155,6 +163,8 @@ class Trainer:
             obj.load_state_dict(stateful[name])
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state.get("best_epoch")
         self.eval_due = state.get("eval_due", False)
+        if self.settings.compile == "auto":  # a resumed run keeps the choice its start made
+            self.compiled = state.get("compiled")
 
     def _rescaled(self, optimizer: dict, stateful: dict, saved: int, source: str) -> tuple[dict, dict]:
         """Optimizer and schedule states of a `saved`-rank run for this world size: every lr
@@ -173,8 +183,8 @@ class Trainer:
     def sync(self) -> None:
         """Rank 0's full training state on every rank (start and after resume)."""
         dist.broadcast_training_state(self.model, self.optimizer, self.stateful)
-        self.epoch, self.best, self.best_epoch, self.eval_due = dist.broadcast_object(
-            (self.epoch, self.best, self.best_epoch, self.eval_due), "trainer.meta")
+        self.epoch, self.best, self.best_epoch, self.eval_due, self.compiled = dist.broadcast_object(
+            (self.epoch, self.best, self.best_epoch, self.eval_due, self.compiled), "trainer.meta")
 
     def resume(self) -> None:
         """Restore `last.pt` on rank 0 (the others receive it at `sync`); a failure is
@@ -210,7 +220,7 @@ class Trainer:
         self.sync()
         preflight.training_split(self.ctx.task, self.settings.batch_size, self.ctx.world)
         self.calibrate()
-        if self.settings.compile:
+        if self.compiled:
             self.compile()
         data, sampler, loader = train_loader(self.ctx, self.settings.batch_size, self.settings.seed)
         metrics = None
@@ -276,10 +286,25 @@ class Trainer:
                 self._compiling = False
                 self.ctx.say(f"torch.compile: the first step, which compiles the model, took "
                              f"{time.perf_counter() - start:.1f} s")
+            if self.compiled is None:
+                self._clock.add((time.perf_counter() - start) / group)
+                if self._clock.ready():
+                    self._choose_compile((self.settings.epochs - epoch) * batches - step - 1)
+            start = time.perf_counter()
             if self.ctx.world.is_main:
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         self.schedule.step()
         return dist.allreduce_mean(meter.means(), name=f"train.terms.{epoch}")
+
+    def _choose_compile(self, steps_left: int) -> None:
+        """`engine.compile: auto`, after the first steps: compile from the next step on if
+        the run is long enough; every rank makes the same choice from the ranks' mean step
+        time, and the checkpoints keep it for a resumed run."""
+        mean = dist.allreduce_mean({"seconds": self._clock.step_seconds()}, name="autocompile.step")["seconds"]
+        self.compiled, line = choose(self.settings.compile_seconds, mean, steps_left)
+        self.ctx.say(line)
+        if self.compiled:
+            self.compile()
 
     def _evaluates(self, epoch: int) -> bool:
         every = self.settings.eval_every

@@ -10,6 +10,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from quantlab.quant import fused
+
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """round(x) forward, identity gradient (straight-through estimator)."""
@@ -69,6 +71,9 @@ def symmetric_linear(w: torch.Tensor, bits: int, per_channel: bool = False, axis
     The range is a statistic of W, not trained: its gradient is cut (LSQ learns one).
     Per channel, max|W| is taken per channel of `axis`."""
     scale = symmetric_scale(w, bits, per_channel, axis)
+    shape = fused.canonical_shape(w, scale)
+    if shape is not None and not torch.compiler.is_compiling():  # one pass each way, same values
+        return fused.symmetric(w, scale, signed_levels(bits), shape)
     return round_ste(w / scale) * scale
 
 
@@ -113,7 +118,7 @@ class _LSQ(torch.autograd.Function):
         grad_x = grad * inside  # straight through inside the range
         # dQ/ds = round(v) - v inside, -Q_N / Q_P where clipped: q - v x inside, summed as
         # one product (sum(grad q) - sum(grad_x v) cancels two large sums) by torch's
-        # blocked sum, whose rounding does not depend on the thread count as a dot's does
+        # cascade sum
         slope = torch.addcmul(q, v, inside, value=-1)
         grad_step = (grad * slope).sum_to_size(step.shape) * ctx.g
         return grad_x, grad_step, None, None, None
@@ -138,6 +143,11 @@ class _ClippedSTE(torch.autograd.Function):
 
 
 def clipped_ste(x: torch.Tensor, scale: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """round(clip(x / scale, low, high)) scale, straight through inside the range; one
+    pass each way on large tensors (`fused`), the same values as the eager node."""
+    shape = fused.canonical_shape(x, scale)
+    if shape is not None and not torch.compiler.is_compiling():
+        return fused.clipped_ste(x, scale.detach(), low, high, shape)
     return _ClippedSTE.apply(x, scale.detach(), low, high)
 
 
@@ -148,6 +158,9 @@ def lsq(x: torch.Tensor, step: torch.Tensor, q_neg: int, q_pos: int) -> torch.Te
     g = 1.0 / (x.numel() / step.numel() * q_pos) ** 0.5
     if torch.compiler.is_compiling():
         return _lsq_composite(x, step, q_neg, q_pos, g)
+    shape = fused.canonical_shape(x, step)
+    if shape is not None:  # large tensors: one pass each way, the same values as _LSQ
+        return fused.lsq(x, step, q_neg, q_pos, g, shape)
     return _LSQ.apply(x, step, q_neg, q_pos, g)
 
 
