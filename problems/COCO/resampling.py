@@ -1,19 +1,22 @@
 """Bootstrap over test images for the COCO box metrics of evaluation.py. Matching a detection to a ground truth
 depends on its own image only, so `per_image` keeps the per-image matches of the evaluation's one
-COCOeval.evaluate (evaluation.match) as flat arrays; `resample` then redoes COCOeval.accumulate + summarize with
+matching (evaluation.match) as flat arrays; `resample` then redoes COCOeval.accumulate + summarize with
 every image counted w times, for many weight vectors at once, instead of re-running COCOeval per replicate."""
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import Params
 
-from problems.COCO.evaluation import SUMMARY
+from problems.COCO.evaluation import SUMMARY, Matched, annotated_categories
+from problems.COCO.matching import empty_matches
 
 CHUNK = 2 ** 24  # float64 elements of one [replicates, detections] block (128 MiB): keeps memory bounded
 
 
-def per_image(matched: COCOeval | None, ground_truth: COCO, critical: list[int]) -> dict[str, np.ndarray]:
+def per_image(matched: Matched | None, ground_truth: COCO, critical: list[int]) -> dict[str, np.ndarray]:
     """evaluation.match's matches (IoU 0.50:0.05:0.95, 100 detections per image and category) as arrays that
     np.savez keeps. `dt_*` rows are detections and `gt_*` rows ground truths, one per (category, area range,
     image) entry of COCOeval.evalImgs and in its order, which `resample` relies on to break score ties as
@@ -22,36 +25,20 @@ def per_image(matched: COCOeval | None, ground_truth: COCO, critical: list[int])
     images = sorted(ground_truth.getImgIds())
     names = {c["id"]: c["name"] for c in ground_truth.dataset["categories"]}
     category_ids = sorted(ground_truth.getCatIds())
-    params = COCOeval(iouType="bbox").params if matched is None else matched.params
-    entries = [] if matched is None else [(n, e) for n, e in enumerate(matched.evalImgs) if e is not None]
-    # evalImgs runs over categories, then area ranges, then images
-    category, rest = np.divmod(np.array([n for n, _ in entries], dtype=np.int64), len(params.areaRng) * len(images))
-    area, image = np.divmod(rest, len(images))
-    n_dt = [len(e["dtIds"]) for _, e in entries]
-    n_gt = [len(e["gtIds"]) for _, e in entries]
-    no_rows = np.zeros((len(params.iouThrs), 0))
+    params = Params(iouType="bbox")
+    defined = annotated_categories(ground_truth)[1]
+    rows = empty_matches(len(params.iouThrs)) if matched is None else matched.matches
     return {
         "images": np.array(images, dtype=np.int64),
         "category_ids": np.array(category_ids, dtype=np.int64),
         "category_names": np.array([names[c] for c in category_ids], dtype=str),
-        "defined": np.array([bool(ground_truth.getAnnIds(catIds=[c], imgIds=images, iscrowd=False))
-                             for c in category_ids]),
+        "defined": np.array([c in defined for c in category_ids], dtype=bool),
         "critical": np.array(critical, dtype=np.int64),
-        "detections": np.array(0 if matched is None else len(matched.cocoDt.anns), dtype=np.int64),
+        "detections": np.array(0 if matched is None else matched.detections, dtype=np.int64),
         "iou_thresholds": np.asarray(params.iouThrs, dtype=np.float64),
         "recall_thresholds": np.asarray(params.recThrs, dtype=np.float64),
         "area_ranges": np.asarray(params.areaRng, dtype=np.float64),
-        "dt_category": np.repeat(category, n_dt),
-        "dt_area": np.repeat(area, n_dt),
-        "dt_image": np.repeat(image, n_dt),
-        "dt_score": np.array([s for _, e in entries for s in e["dtScores"]], dtype=np.float64),
-        # a match stores the ground truth's id, 0 for none: truthiness as in COCOeval.accumulate
-        "dt_matched": np.concatenate([no_rows, *(e["dtMatches"] for _, e in entries)], axis=1).T != 0,
-        "dt_ignore": np.concatenate([no_rows, *(e["dtIgnore"] for _, e in entries)], axis=1).T.astype(bool),
-        "gt_category": np.repeat(category, n_gt),
-        "gt_area": np.repeat(area, n_gt),
-        "gt_image": np.repeat(image, n_gt),
-        "gt_ignore": np.concatenate([np.zeros(0), *(e["gtIgnore"] for _, e in entries)]).astype(bool),
+        **{f.name: getattr(rows, f.name) for f in fields(rows)},
     }
 
 
