@@ -21,6 +21,8 @@ topology names it, and the config's `quantize.exclude`: DETR's heads).
   symmetric  symmetric max-abs 4-bit weights
   lsq_w      LSQ 4-bit weights
   lsq_wa     LSQ 4-bit weights + LSQ 8-bit signed activations (calibrated on the batch first)
+  lsq_wa_eager  lsq_wa with the eager quantizers (`engine.fused_quantizers: false`): a pass
+             per op, the code of the rounds before the fused kernels
   inq        INQ 4-bit weights, half frozen, with the controller's per-step clearing of
              frozen optimizer state
 A step is forward + loss + backward + AdamW (foreach) step on one batch. Variants are
@@ -38,13 +40,14 @@ includes the compiling first step, and the ratios are compiled variant over comp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -56,6 +59,7 @@ from timing import median_seconds  # noqa: E402  (benchmarks/, the script's fold
 from quantlab.engine.config import build_config  # noqa: E402
 from quantlab.engine.task import Task, to_device  # noqa: E402
 from quantlab.modes import config_files  # noqa: E402
+from quantlab.quant import fused  # noqa: E402
 from quantlab.quant.calibration import calibrate  # noqa: E402
 from quantlab.quant.algorithms.inq import INQController  # noqa: E402
 from quantlab.quant.editing import Rule, apply_recipe  # noqa: E402
@@ -96,8 +100,11 @@ VARIANTS: dict[str, dict | None] = {
     "symmetric": {"algorithm": "symmetric", "bits": 4},
     "lsq_w": {"algorithm": "lsq", "bits": 4},
     "lsq_wa": {"algorithm": "lsq", "bits": 4, "act_algorithm": "lsq", "act_bits": 8, "act_signed": True},
+    "lsq_wa_eager": {"algorithm": "lsq", "bits": 4, "act_algorithm": "lsq", "act_bits": 8, "act_signed": True},
     "inq": {"algorithm": "inq", "bits": 4},
 }
+#: the variants that run the eager quantizers (quantlab.quant.fused off)
+EAGER = ("lsq_wa_eager",)
 #: the variants whose evaluation throughput is measured
 EVALUATED = ("float", "lsq_wa")
 WARMUP_STEPS = 3
@@ -128,7 +135,7 @@ def make_variant(task: Task, name: str, exclude: list[str], batch: dict, device:
         rules = [Rule(g, **VARIANTS[name]) for g in task.groups if g not in exclude]
         apply_recipe(model, rules, task.patterns, exclude)
     model.to(device).train()
-    if name == "lsq_wa":
+    if name in ("lsq_wa", "lsq_wa_eager"):
         calibrate(model, [batch], task.forward)
     if name == "inq":
         controller = INQController(model, {0: 0.5})
@@ -147,6 +154,16 @@ def step(task: Task, model: torch.nn.Module, optimizer: torch.optim.Optimizer, c
         controller.after_step(optimizer)
 
 
+@contextlib.contextmanager
+def quantizers_of(name: str) -> Iterator[None]:
+    """The fused quantizers, or the eager ones for the variants of EAGER."""
+    fused.configure(name not in EAGER)
+    try:
+        yield
+    finally:
+        fused.configure(True)
+
+
 def sync(device: torch.device) -> None:
     """Wait for the device, so a CUDA time covers its kernels, not just their launch."""
     if device.type == "cuda":
@@ -156,17 +173,19 @@ def sync(device: torch.device) -> None:
 def interleaved(task: Task, variants: dict[str, Parts], batch: dict, steps: int, rounds: int,
                 device: torch.device) -> dict[str, list[float]]:
     """Seconds per step of each variant in each round; the variants take turns in a round."""
-    for parts in variants.values():
-        for _ in range(min(WARMUP_STEPS, steps)):
-            step(task, *parts, batch)
+    for name, parts in variants.items():
+        with quantizers_of(name):
+            for _ in range(min(WARMUP_STEPS, steps)):
+                step(task, *parts, batch)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, parts in variants.items():
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(steps):
-                step(task, *parts, batch)
-            sync(device)
+            with quantizers_of(name):
+                sync(device)
+                start = time.perf_counter()
+                for _ in range(steps):
+                    step(task, *parts, batch)
+                sync(device)
             times[name].append((time.perf_counter() - start) / steps)
     return times
 
@@ -247,7 +266,7 @@ def main() -> None:
     print(f"{r['topology']} ({r['problem']}) {r['size']}: batch {r['batch']} x {r['image']} px, {r['device']}, "
           f"{r['threads']} threads, {r['rounds']} rounds x {r['steps']} steps" + (", compiled" if r["compiled"] else ""))
     for name, v in r["variants"].items():
-        print(f"  {name:>9}: {v['ms_per_step']:8.1f} ms/step   ratio vs float {v['ratio']:.2f} "
+        print(f"  {name:>12}: {v['ms_per_step']:8.1f} ms/step   ratio vs float {v['ratio']:.2f} "
               f"(rounds: {v['ratio_min']:.2f}-{v['ratio_max']:.2f})   setup {v['setup_s']:.1f} s")
     for name, rate in r["eval_images_per_s"].items():
         print(f"  eval {name:>6}: {rate:8.1f} images/s")

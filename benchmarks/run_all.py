@@ -1,6 +1,6 @@
 """Every benchmark in one run, written as markdown to benchmarks/results/<machine>-<date>.md.
 
-    .venv/bin/python benchmarks/run_all.py [--quick] [--skip paper scaling ...] [--device cpu]
+    .venv/bin/python benchmarks/run_all.py [--quick] [--skip paper scaling ...] [--device cpu] [--previous FILE]
                                            [--threads 2] [--out benchmarks/results]
 
 The file starts with the machine (CPU, logical cores, memory, GPU, torch, Horovod, Python),
@@ -9,11 +9,14 @@ the thread count and the command line, then:
   (b) evaluation images/s, float and lsq_wa (the same qat_step.py runs)
   (c) our fake quantizers against PyTorch's fused ops, on the CPU (fake_quant.py)
   (d) 2 Horovod ranks against 1, with peak memory per rank (horovod_scaling.py)
+  (e) COCO evaluation of a val2017-size set, pycocotools against ours (coco_eval.py)
+With `--previous FILE` (an earlier results file), each table's main figures get the earlier
+run's beside them (previous.py).
 A measurement that fails puts its one-line reason in its row (the traceback goes to stderr)
 and the others still run; the file is rewritten after each section, so an interrupted run
 keeps what it measured. A name already taken gets a number (<machine>-<date>-2.md).
-`--skip` takes sections (qat, fake_quant, scaling), sizes (mini, paper), topologies
-(Widedepth, ZebraPose, DETR) and variants other than float (symmetric, lsq_w, lsq_wa, inq:
+`--skip` takes sections (qat, fake_quant, scaling, coco_eval), sizes (mini, paper), topologies
+(Widedepth, ZebraPose, DETR) and variants other than float (symmetric, lsq_w, lsq_wa, lsq_wa_eager, inq:
 at paper sizes INQ's level search alone takes minutes per topology on a CPU).
 Settings: mini 9 rounds x 10 steps, paper 3 rounds x 2 steps, fake quant 20 repeats,
 scaling 5 epochs; `--quick` (a smoke run): mini only, 2 rounds x 2 steps, 3 repeats, 2 epochs.
@@ -39,14 +42,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from tables import markdown  # noqa: E402  (benchmarks/, the script's folder)
+from previous import beside, tables  # noqa: E402  (benchmarks/, the script's folder)
+from tables import markdown  # noqa: E402
 
 from quantlab.deploy.measure import cpu_name  # noqa: E402
 
-SECTIONS = ("qat", "fake_quant", "scaling")
+SECTIONS = ("qat", "fake_quant", "scaling", "coco_eval")
 TOPOLOGIES = ("Widedepth", "ZebraPose", "DETR")
 SIZES = ("mini", "paper")
-SKIPPABLE_VARIANTS = ("symmetric", "lsq_w", "lsq_wa", "inq")
+SKIPPABLE_VARIANTS = ("symmetric", "lsq_w", "lsq_wa", "lsq_wa_eager", "inq")
 #: what a measurement may raise and the run survives (horovod_scaling once exited on failure)
 FAILURES = (Exception, SystemExit)
 STEP_COLUMNS = ["topology", "size", "batch", "image", "variant", "ms_per_step", "ratio_vs_float", "ratio_range",
@@ -60,10 +64,11 @@ class Settings:
     qat: dict[str, tuple[int, int]]  # size -> (rounds, steps)
     repeats: int                     # fake quantization
     epochs: int                      # Horovod scaling
+    coco_images: int                 # COCO evaluation
 
 
-FULL = Settings({"mini": (9, 10), "paper": (3, 2)}, repeats=20, epochs=5)
-QUICK = Settings({"mini": (2, 2)}, repeats=3, epochs=2)
+FULL = Settings({"mini": (9, 10), "paper": (3, 2)}, repeats=20, epochs=5, coco_images=5000)
+QUICK = Settings({"mini": (2, 2)}, repeats=3, epochs=2, coco_images=200)
 
 
 def reason(exc: BaseException) -> str:
@@ -138,7 +143,8 @@ def output_path(folder: Path) -> Path:
     return path
 
 
-def qat_tables(settings: Settings, skip: set[str], device: str, threads: int) -> tuple[str, str]:
+def qat_tables(settings: Settings, skip: set[str], device: str, threads: int, earlier: tuple | None
+               ) -> tuple[str, str]:
     """Sections (a) and (b): one qat_step measurement per topology and size."""
     steps_rows, eval_rows = [], []
     qat_step, failure = attempt(lambda: importlib.import_module("qat_step"), "import qat_step")
@@ -170,26 +176,40 @@ def qat_tables(settings: Settings, skip: set[str], device: str, threads: int) ->
             "level search) is not in the step.\n\n")
     evaluation = ("The task's forward in eval mode under no_grad, on a batch of as many images from the "
                   "evaluation split as the training batch.\n\n")
-    return head + markdown(steps_rows, STEP_COLUMNS), evaluation + markdown(eval_rows, EVAL_COLUMNS)
+    steps = markdown(*beside("(a) QAT step / float step", steps_rows, STEP_COLUMNS, earlier))
+    rates = markdown(*beside("(b) Evaluation throughput", eval_rows, EVAL_COLUMNS, earlier))
+    return head + steps, evaluation + rates
 
 
-def fake_quant_table(settings: Settings, threads: int) -> tuple[str]:
+def fake_quant_table(settings: Settings, threads: int, earlier: tuple | None) -> tuple[str]:
     """Section (c)."""
     rows, error = attempt(lambda: importlib.import_module("fake_quant").measure(threads, settings.repeats),
                           "fake_quant")
     head = (f"CPU, {threads} threads, median of {settings.repeats}. `past_bound`: entries within half a step "
             "past a bound, where PyTorch passes the x gradient and LSQ clips it; `x_grad_cut_differ`: entries "
             "whose x gradient one passes and the other cuts.\n\n")
-    table = markdown(rows if rows is not None else [{"op": "-", "note": error}])
+    table = markdown(*beside("(c) Fake quantization: ours vs PyTorch's fused ops",
+                             rows if rows is not None else [{"op": "-", "note": error}], None, earlier))
     return (head + table,)
 
 
-def scaling_table(settings: Settings) -> tuple[str]:
+def scaling_table(settings: Settings, earlier: tuple | None) -> tuple[str]:
     """Section (d): horovod_scaling's rows as they come, columns from their keys."""
     rows, error = attempt(lambda: importlib.import_module("horovod_scaling").measure(settings.epochs),
                           f"horovod_scaling ({settings.epochs} epochs)")
-    table = markdown(rows if rows is not None else [{"label": "-", "note": error}])
+    table = markdown(*beside("(d) Horovod: 2 ranks vs 1, peak memory per rank",
+                             rows if rows is not None else [{"label": "-", "note": error}], None, earlier))
     return (f"{settings.epochs} epochs a run.\n\n{table}",)
+
+
+def coco_table(settings: Settings) -> tuple[str]:
+    """Section (e)."""
+    row, error = attempt(lambda: importlib.import_module("coco_eval").measure(settings.coco_images),
+                         f"coco_eval ({settings.coco_images} images)")
+    head = ("A synthetic set with val2017's counts (coco_eval.py), the metrics and the bootstrap's per-image "
+            "matches: pycocotools' COCOeval against ours (faster-coco-eval's metrics, problems/COCO/matching.py's "
+            "matches); `max_metric_difference`: of the six summary metrics, in percent points.\n\n")
+    return (head + markdown([row] if row is not None else [{"images": settings.coco_images, "note": error}]),)
 
 
 def main() -> None:
@@ -200,17 +220,21 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="of the QAT steps and evaluation (fake quantization: CPU)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=HERE / "results", help="folder of the markdown file")
+    p.add_argument("--previous", type=Path, help="an earlier results file whose figures go beside this run's")
     args = p.parse_args()
+    earlier = tables(args.previous) if args.previous else None
     settings, skip = (QUICK if args.quick else FULL), set(args.skip)
     args.out.mkdir(parents=True, exist_ok=True)
     path = output_path(args.out)
     parts = {"Machine": machine(args.threads, args.device)}
     titles = {"qat": ("(a) QAT step / float step", "(b) Evaluation throughput"),
               "fake_quant": ("(c) Fake quantization: ours vs PyTorch's fused ops",),
-              "scaling": ("(d) Horovod: 2 ranks vs 1, peak memory per rank",)}
-    runs = {"qat": lambda: qat_tables(settings, skip, args.device, args.threads),
-            "fake_quant": lambda: fake_quant_table(settings, args.threads),
-            "scaling": lambda: scaling_table(settings)}
+              "scaling": ("(d) Horovod: 2 ranks vs 1, peak memory per rank",),
+              "coco_eval": ("(e) COCO evaluation: pycocotools vs ours",)}
+    runs = {"qat": lambda: qat_tables(settings, skip, args.device, args.threads, earlier),
+            "fake_quant": lambda: fake_quant_table(settings, args.threads, earlier),
+            "scaling": lambda: scaling_table(settings, earlier),
+            "coco_eval": lambda: coco_table(settings)}
 
     def save() -> None:
         text = f"# Benchmarks, {datetime.date.today().isoformat()}\n"

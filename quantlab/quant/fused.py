@@ -13,8 +13,10 @@ equal the eager ones of `quantizers` (`_LSQ`, `_ClippedSTE`, `symmetric_linear`;
 for the backward, which recomputes x / s, where the eager ones keep two tensors.
 
 Below `MIN_ELEMENTS` elements, and for dtypes, layouts or devices the kernels do not
-cover, the eager nodes run: on small tensors the per-call guard costs what the fusion
-saves, and a process that quantizes only small tensors (`mini` runs) compiles nothing.
+cover, the eager nodes run: a fused call costs about 0.25 ms of fixed overhead (the compiled
+function's guards, the autograd node), which LSQ's eager passes only exceed from about
+2^18 elements on a 2-core CPU (1.5 vs 0.8 ms at 2^19, 17.5 vs 3.6 ms at 2^22; 0.23 vs 0.32
+ms at 2^16), and a process that quantizes only small tensors compiles nothing.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import Callable
 
 import torch
 
-MIN_ELEMENTS = 1 << 16
+MIN_ELEMENTS = 1 << 18
 _DTYPES = (torch.float32, torch.float64)
 _DEVICES = ("cpu", "cuda")
 _state = {"enabled": True, "failed": False}
