@@ -47,15 +47,15 @@ def val2017_like(images: int, seed: int, categories: int = 80) -> tuple[dict, li
                 if found == DETECTIONS_PER_IMAGE:
                     break
                 jitter = rng.normal(0, 0.1, 4) * [w, h, w, h]
-                detections.append({"image_id": image, "score": float(rng.random()),
-                                   "category_id": category if rng.random() < 0.8 else int(rng.integers(1, categories + 1)),
+                label = category if rng.random() < 0.8 else int(rng.integers(1, categories + 1))
+                detections.append({"image_id": image, "score": float(rng.random()), "category_id": label,
                                    "bbox": [box[0] + jitter[0], box[1] + jitter[1], max(1.0, w + jitter[2]),
                                             max(1.0, h + jitter[3])]})
                 found += 1
         for _ in range(DETECTIONS_PER_IMAGE - found):
             w, h = rng.uniform(4, 300, 2)
-            detections.append({"image_id": image, "category_id": int(rng.integers(1, categories + 1)),
-                               "bbox": [float(rng.uniform(0, 640 - w)), float(rng.uniform(0, 480 - h)), float(w), float(h)],
+            box = [float(rng.uniform(0, 640 - w)), float(rng.uniform(0, 480 - h)), float(w), float(h)]
+            detections.append({"image_id": image, "category_id": int(rng.integers(1, categories + 1)), "bbox": box,
                                "score": float(rng.random() * 0.5)})
     dataset = {"images": [{"id": i, "width": 640, "height": 480} for i in range(1, images + 1)],
                "annotations": annotations, "categories": [{"id": c, "name": f"c{c}"} for c in range(1, categories + 1)]}

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from quantlab.quant.quantizers import (inq_levels, inq_quantize, inq_scale, lsq, lsq_init_step, lsq_range,
+from quantlab.quant.quantizers import (inq_levels, inq_quantize, inq_scale, lsq, lsq_init_step, lsq_range, max_abs,
                                        round_ste, sign_binary, symmetric_linear)
 
 
@@ -174,3 +174,20 @@ def test_lsq_step_gradient_matches_a_float64_computation_of_the_formula():
     slope = v.round().clamp(-q_neg, q_pos) - v * inside
     exact = (grad.double() * slope).sum().item() / (x.numel() * q_pos) ** 0.5
     assert s.grad.item() == pytest.approx(exact, rel=2e-6)
+
+
+@pytest.mark.parametrize("shape,per_channel,axis", [((8, 4, 3, 3), False, 0), ((8, 4, 3, 3), True, 0),
+                                                    ((8, 4, 3, 3), True, 1), ((6, 5), True, 0), ((7,), False, 0),
+                                                    ((7,), True, 0)])
+def test_max_abs_is_the_max_of_the_absolute_values_on_every_layout(shape, per_channel, axis):
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    w.view(-1)[3] = -10.0  # the extreme is negative in one channel
+    if per_channel and w.dim() > 1:
+        others = tuple(d for d in range(w.dim()) if d != axis)
+        expected = w.abs().amax(dim=others, keepdim=True)
+    else:
+        expected = w.abs() if per_channel else w.abs().amax()
+    got = max_abs(w, per_channel, axis)
+    assert got.shape == expected.shape and torch.equal(got, expected)
+    assert torch.equal(max_abs(w.transpose(0, -1), per_channel, axis),
+                       max_abs(w.transpose(0, -1).contiguous(), per_channel, axis))

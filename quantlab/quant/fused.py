@@ -1,16 +1,17 @@
 """Quantizers in one pass forward and one pass backward, in eager mode.
 
 Eagerly, every PyTorch op is a pass over the tensor: LSQ costs four passes forward
-(divide, round, clamp, scale) and five backward, max-abs five and two, each a full read and write of an
-activation map, which is what kept an eager LSQ w4 + a8 step at 1.3x a float step.
-Here each direction is one small function compiled once by `torch.compile` (Inductor:
-vectorised C++ on the CPU, Triton on CUDA) for any shape, since every tensor is viewed
-as [outer, channels, inner] with dynamic sizes. The model itself stays eager.
+(divide, round, clamp, scale) and five backward, max-abs five and two, each a full read
+and write of an activation map, which is what kept an eager LSQ w4 + a8 step at 1.3x a
+float step. Here each direction is one small function compiled once by `torch.compile`
+(Inductor: vectorised C++ on the CPU, Triton on CUDA) for any shape, since every tensor
+is viewed as [outer, channels, inner] with dynamic sizes. The model itself stays eager.
 
-The kernels compute the eager node's ops in the same order on the same dtype, and the
-step's gradient is the same `sum_to_size` of the same products: outputs and gradients
-equal the eager ones of `quantizers` (`_LSQ`, `_ClippedSTE`, `symmetric_linear`; tested). Both nodes keep x only
-for the backward, which recomputes x / s, where the eager ones keep two tensors.
+The kernels compute the eager ops in the same order on the same dtype, and the step's
+gradient is the same `sum_to_size` of the same products: outputs and gradients equal
+those of `quantizers`' eager `_LSQ`, `_ClippedSTE` and `symmetric_linear` (tested). The
+fused nodes keep x for the backward, which recomputes x / s; the eager LSQ node keeps
+two tensors of x's size.
 
 Below `MIN_ELEMENTS` elements, and for dtypes, layouts or devices the kernels do not
 cover, the eager nodes run: a fused call costs about 0.25 ms of fixed overhead (the compiled

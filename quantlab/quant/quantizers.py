@@ -50,7 +50,12 @@ def _abs_statistic(w: torch.Tensor, reduce: Callable[..., torch.Tensor], per_cha
 
 def max_abs(w: torch.Tensor, per_channel: bool, axis: int = 0) -> torch.Tensor:
     """max|W| per tensor, or per channel of `axis` (the output channels: 0 for Conv2d and
-    Linear, 1 for ConvTranspose2d) shaped to broadcast against w."""
+    Linear, 1 for ConvTranspose2d) shaped to broadcast against w. Per tensor and along a
+    contiguous tensor's first axis it is max(-min W, max W) from one read (`aminmax`), the
+    same number without |W| written out: DETR-R50 quantizes 41M weights a step."""
+    if w.dim() > 1 and w.is_contiguous() and (not per_channel or axis % w.dim() == 0):
+        low, high = torch.aminmax(w.reshape(w.shape[0] if per_channel else 1, -1), dim=1)
+        return torch.maximum(-low, high).reshape((-1,) + (1,) * (w.dim() - 1) if per_channel else ())
     return _abs_statistic(w, torch.amax, per_channel, axis)
 
 
