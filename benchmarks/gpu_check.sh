@@ -70,7 +70,7 @@ if [ "$MODE" = gpu ]; then
     say "building Horovod $HOROVOD_VERSION with NCCL in the background (log: $BUILD/build.log)"
 else
     PYBIN=.venv/bin/python
-    HOROVODRUN=.venv/bin/horovodrun
+    HOROVODRUN=$PWD/.venv/bin/horovodrun
     DEVICE=cpu
     BUILDER=
 fi

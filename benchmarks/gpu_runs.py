@@ -104,7 +104,7 @@ def main() -> None:
     p.add_argument("--append", type=Path, help="a results file to append the table to")
     p.add_argument("--rehearsal", action="store_true", help="mini sizes, 2 epochs: check the flow on a CPU")
     args = p.parse_args()
-    rows = measure(args.horovodrun, args.device, args.steps, args.rehearsal, args.timeout)
+    rows = measure(str(Path(args.horovodrun).resolve()), args.device, args.steps, args.rehearsal, args.timeout)
     table = markdown(rows, ["topology", "launcher", "exit", "seconds", "epochs", "last_epoch_images_per_s", "note"])
     head = (f"main.py --mode train, 1 rank, {args.device}, {'mini' if args.rehearsal else 'paper'} sizes, "
             f"{TRAIN_IMAGES} synthetic training images, about {args.steps} steps a run (gpu_runs.py).\n\n")
