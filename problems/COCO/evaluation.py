@@ -2,9 +2,9 @@
 100 detections), plus AP per category and the critical-category mAP of Yang et al., Fisher-aware Quantization for DETR Detectors with Critical-category Objectives (2024).
 
 The metrics come from faster-coco-eval's C++ COCOeval and the per-image matches the bootstrap needs from
-`matching` (which that evaluator keeps out of Python's reach): both give pycocotools' numbers on the same
-detections, which tests check against pycocotools itself, in a fraction of its time
-(benchmarks/coco_eval.py)."""
+`matching` (which that evaluator keeps out of Python's reach), in a seventh of pycocotools' time
+(benchmarks/coco_eval.py). Tests hold them against pycocotools on the same detections: the matches are
+identical, the metrics agree to the last bits of a float64."""
 from __future__ import annotations
 
 import contextlib
@@ -110,9 +110,9 @@ def summarize(matched: Matched | None, ground_truth: COCO, critical: list[int]) 
 
 def summary(precision: np.ndarray) -> list[float]:
     """COCOeval.summarize's six AP figures from the accumulated precision [IoU, recall, category, area, max
-    dets], computed as it computes them (the mean over the defined entries, -1 where none is), so they agree
-    with pycocotools to the bit: AP, AP at IoU 0.50 and 0.75, then small, medium and large, at 100
-    detections."""
+    dets], computed as it computes them (the mean over the defined entries, -1 where none is): AP, AP at IoU
+    0.50 and 0.75, then small, medium and large, at 100 detections. faster-coco-eval's own summary takes its
+    means in another order."""
     thresholds = Params(iouType="bbox").iouThrs
 
     def mean(values: np.ndarray) -> float:

@@ -88,16 +88,19 @@ def _rescaled_grad(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 def _compiled(fn: Callable) -> Callable:
     """`fn` compiled on its first call, for dynamic shapes; if the compiler cannot run on
     this machine (no C++ compiler, no Triton), a one-line warning, and the eager nodes
-    from then on."""
-    compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+    from then on. `torch.compile` itself is called then too: importing the compiler takes
+    over a second, which a process that quantizes no large tensor does not pay."""
+    compiled: list[Callable] = []
 
     def call(*args):
         if _state["failed"]:  # a node made before the failure runs its backward eagerly
             return fn(*args)
+        if not compiled:
+            compiled.append(torch.compile(fn, dynamic=True, fullgraph=True))
         # detached: neither requires_grad nor the views' bases reach the compiler's guards
         args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
         try:
-            return compiled(*args)
+            return compiled[0](*args)
         except (torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.InductorError) as e:
             _state["failed"] = True
             warnings.warn(f"fused quantizers off, the compiler failed ({type(e).__name__}): "
