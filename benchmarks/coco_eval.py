@@ -13,8 +13,6 @@ six summary metrics.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import sys
 import time
 from pathlib import Path
@@ -23,9 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pycocotools.cocoeval import COCOeval  # noqa: E402
-
-from problems.COCO.evaluation import SUMMARY, coco_index, match, summarize  # noqa: E402
+from problems.COCO.evaluation import SUMMARY, coco_index, match, pycocotools_eval, summarize  # noqa: E402
 from problems.COCO.resampling import per_image  # noqa: E402
 
 DETECTIONS_PER_IMAGE = 100
@@ -66,13 +62,7 @@ def pycocotools_side(dataset: dict, detections: list[dict]) -> tuple[list[float]
     """COCOeval's summary (percent) and the seconds of loadRes + evaluate + accumulate + summarize, and of
     reading evalImgs' matches into arrays as the bootstrap needs them."""
     start = time.perf_counter()
-    coco = coco_index(dataset)
-    with contextlib.redirect_stdout(io.StringIO()):
-        ref = COCOeval(coco, coco.loadRes([dict(d) for d in detections]), "bbox")
-        ref.params.imgIds = sorted(coco.getImgIds())
-        ref.evaluate()
-        ref.accumulate()
-        ref.summarize()
+    ref = pycocotools_eval(coco_index(dataset), detections)
     entries = [e for e in ref.evalImgs if e is not None]
     np.concatenate([e["dtMatches"] for e in entries], axis=1)
     np.concatenate([e["dtIgnore"] for e in entries], axis=1)

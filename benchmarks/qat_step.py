@@ -156,12 +156,13 @@ def step(task: Task, model: torch.nn.Module, optimizer: torch.optim.Optimizer, c
 
 @contextlib.contextmanager
 def quantizers_of(name: str) -> Iterator[None]:
-    """The fused quantizers, or the eager ones for the variants of EAGER."""
-    fused.configure(name not in EAGER)
+    """The fused quantizers from the first call (the steady state of a long run; main.py
+    quantizes a process's first 2^30 elements eagerly), or the eager ones for EAGER."""
+    fused.configure(name not in EAGER, warmup_elements=0)
     try:
         yield
     finally:
-        fused.configure(True)
+        fused.configure(True, warmup_elements=0)
 
 
 def sync(device: torch.device) -> None:

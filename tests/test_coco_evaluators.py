@@ -3,14 +3,11 @@ COCOeval, the reference, on the same detections: every per-image array identical
 but for the last bits of a float64."""
 from __future__ import annotations
 
-import contextlib
-import io
-
 import numpy as np
 import pytest
 from pycocotools.cocoeval import COCOeval
 
-from problems.COCO.evaluation import SUMMARY, coco_index, match, summarize
+from problems.COCO.evaluation import SUMMARY, coco_index, match, pycocotools_eval, summarize
 from problems.COCO.resampling import per_image
 from tests.test_coco_resampling import CRITICAL, _synthetic
 
@@ -20,13 +17,7 @@ ROWS = ("dt_category", "dt_area", "dt_image", "dt_score", "dt_matched", "dt_igno
 
 def reference(dataset: dict, detections: list[dict]) -> tuple[COCOeval, dict[str, np.ndarray]]:
     """pycocotools' COCOeval after evaluate, accumulate and summarize, and its evalImgs as our rows."""
-    coco = coco_index(dataset)
-    with contextlib.redirect_stdout(io.StringIO()):
-        ref = COCOeval(coco, coco.loadRes([dict(d) for d in detections]), "bbox")
-        ref.params.imgIds = sorted(coco.getImgIds())
-        ref.evaluate()
-        ref.accumulate()
-        ref.summarize()
+    ref = pycocotools_eval(coco_index(dataset), detections)
     p, images = ref.params, len(ref.params.imgIds)
     entries = [(n, e) for n, e in enumerate(ref.evalImgs) if e is not None]
     category, rest = np.divmod(np.array([n for n, _ in entries], dtype=np.int64), len(p.areaRng) * images)

@@ -20,11 +20,14 @@ pytestmark = [pytest.mark.cuda,
 
 @pytest.fixture(autouse=True)
 def exact_cuda_math():
-    """No TF32 in convolutions and matrix products: the CPU computes them in full float32."""
+    """No TF32 in convolutions and matrix products: the CPU computes them in full float32;
+    the fused quantizers from the first large tensor (no warm-up)."""
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    fused.configure(True, warmup_elements=0)
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    fused.configure(True)
 
 
 def tiny_qat_model(dtype: torch.dtype) -> nn.Module:

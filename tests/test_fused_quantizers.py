@@ -22,7 +22,7 @@ def kernels():
     def both(fn):
         results = []
         for enabled in (True, False):
-            fused.configure(enabled)
+            fused.configure(enabled, warmup_elements=0)
             results.append(fn())
         return results
     yield both
@@ -131,7 +131,7 @@ def test_the_eager_node_runs_where_the_kernels_do_not_apply(case):
         x = x.transpose(2, 3)
     elif case == "two_channel_axes":
         step = torch.full((4, 64, 1, 1), 0.1)
-    fused.configure(case != "disabled")
+    fused.configure(case != "disabled", warmup_elements=0)
     try:
         node = type(Q.lsq(x.requires_grad_(), step.requires_grad_(), 128, 127).grad_fn).__name__
     finally:
@@ -139,12 +139,27 @@ def test_the_eager_node_runs_where_the_kernels_do_not_apply(case):
     assert node == "_LSQBackward"
 
 
+def test_a_process_quantizes_its_first_elements_eagerly_then_fused():
+    # the compile pays only in long runs: 2^20 + 2^18 elements of warm-up here, then the kernels
+    x, step = torch.randn(4, 64, 32, 32), torch.tensor([0.1])
+    fused.configure(True, warmup_elements=(1 << 20) + (1 << 18))
+    try:
+        nodes = [node(Q.lsq(x.clone().requires_grad_(), step.clone().requires_grad_(), 128, 127))
+                 for _ in range(7)]
+        small = node(Q.lsq(x[:1].clone().requires_grad_(), step.clone().requires_grad_(), 128, 127))
+    finally:
+        fused.configure(True)
+    assert nodes == ["_LSQBackward"] * 5 + ["FusedLSQBackward"] * 2
+    assert small == "_LSQBackward"  # under MIN_ELEMENTS: eager and not counted
+
+
 def test_a_machine_without_a_compiler_warns_once_and_quantizes_eagerly(tmp_path):
     # CXX names the C++ compiler Inductor calls; an empty cache makes it compile
     script = ("import warnings, torch\n"
-              "from quantlab.quant import quantizers as Q\n"
+              "from quantlab.quant import fused, quantizers as Q\n"
               "warnings.simplefilter('always')\n"
               "x, s = torch.randn(4, 64, 32, 32, requires_grad=True), torch.tensor([0.1], requires_grad=True)\n"
+              "fused.configure(True, warmup_elements=0)\n"
               "with warnings.catch_warnings(record=True) as seen:\n"
               "    out = Q.lsq(x, s, 128, 127)\n"
               "    out.backward(torch.ones_like(out))\n"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from faster_coco_eval import COCO as FastCOCO, COCOeval_faster
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import Params
+from pycocotools.cocoeval import COCOeval, Params
 
 from problems.COCO import matching
 
@@ -59,6 +59,18 @@ def match(detections: list[dict], ground_truth: COCO) -> Matched | None:
                              np.asarray(p.iouThrs, dtype=np.float64), np.asarray(p.areaRng, dtype=np.float64),
                              p.maxDets[-1])
     return Matched(scored, matches, len(detections))
+
+
+def pycocotools_eval(ground_truth: COCO, detections: list[dict]) -> COCOeval:
+    """pycocotools' own COCOeval after evaluate, accumulate and summarize over every image: the
+    reference that tests and benchmarks/coco_eval.py hold `match` against."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        reference = COCOeval(ground_truth, ground_truth.loadRes([dict(d) for d in detections]), "bbox")
+        reference.params.imgIds = sorted(ground_truth.getImgIds())
+        reference.evaluate()
+        reference.accumulate()
+        reference.summarize()
+    return reference
 
 
 def evaluate(detections: list[dict], ground_truth: COCO, critical: list[int]) -> dict[str, float]:

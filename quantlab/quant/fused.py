@@ -13,6 +13,12 @@ those of `quantizers`' eager `_LSQ`, `_ClippedSTE` and `symmetric_linear` (teste
 fused nodes keep x for the backward, which recomputes x / s; the eager LSQ node keeps
 two tensors of x's size.
 
+The compile costs a process one to a few seconds, which a short run (a test, a `mini`
+run) would not win back. So a process quantizes its first `WARMUP_ELEMENTS` elements of
+large tensors eagerly (about 4 s of eager LSQ on a 2-core CPU, roughly the compile and
+what the fused kernels then save per 2^30 elements), and the kernels take over from there:
+a paper-size run after a few dozen steps. The numbers are the same on both paths.
+
 Below `MIN_ELEMENTS` elements, and for dtypes, layouts or devices the kernels do not
 cover, the eager nodes run: a fused call costs about 0.25 ms of fixed overhead (the compiled
 function's guards, the autograd node), which LSQ's eager passes only exceed from about
@@ -28,14 +34,16 @@ from typing import Callable
 import torch
 
 MIN_ELEMENTS = 1 << 18
+WARMUP_ELEMENTS = 1 << 30
 _DTYPES = (torch.float32, torch.float64)
 _DEVICES = ("cpu", "cuda")
-_state = {"enabled": True, "failed": False}
+_state = {"enabled": True, "failed": False, "warmup": WARMUP_ELEMENTS}
 
 
-def configure(enabled: bool) -> None:
-    """Turn the fused kernels on or off for this process (`engine.fused_quantizers`)."""
-    _state["enabled"] = enabled
+def configure(enabled: bool, warmup_elements: int = WARMUP_ELEMENTS) -> None:
+    """Turn the fused kernels on or off for this process (`engine.fused_quantizers`), and
+    set how many elements of large tensors are quantized eagerly before they take over."""
+    _state["enabled"], _state["warmup"] = enabled, warmup_elements
 
 
 def canonical_shape(x: torch.Tensor, scale: torch.Tensor) -> tuple[int, int, int] | None:
@@ -44,6 +52,9 @@ def canonical_shape(x: torch.Tensor, scale: torch.Tensor) -> tuple[int, int, int
     if not (_state["enabled"] and not _state["failed"] and x.numel() >= MIN_ELEMENTS and x.dtype in _DTYPES
             and scale.dtype == x.dtype and x.device.type in _DEVICES and scale.device == x.device
             and x.is_contiguous()):
+        return None
+    if _state["warmup"] > 0:  # still warming up: eager, counted
+        _state["warmup"] -= x.numel()
         return None
     if scale.numel() == 1:
         return 1, 1, x.numel()
