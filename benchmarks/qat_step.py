@@ -100,9 +100,9 @@ VARIANTS: dict[str, dict | None] = {
     "symmetric": {"algorithm": "symmetric", "bits": 4},
     "lsq_w": {"algorithm": "lsq", "bits": 4},
     "lsq_wa": {"algorithm": "lsq", "bits": 4, "act_algorithm": "lsq", "act_bits": 8, "act_signed": True},
-    "lsq_wa_eager": {"algorithm": "lsq", "bits": 4, "act_algorithm": "lsq", "act_bits": 8, "act_signed": True},
     "inq": {"algorithm": "inq", "bits": 4},
 }
+VARIANTS["lsq_wa_eager"] = VARIANTS["lsq_wa"]  # the same recipe, run with the eager quantizers
 #: the variants that run the eager quantizers (quantlab.quant.fused off)
 EAGER = ("lsq_wa_eager",)
 #: the variants whose evaluation throughput is measured
@@ -135,7 +135,7 @@ def make_variant(task: Task, name: str, exclude: list[str], batch: dict, device:
         rules = [Rule(g, **VARIANTS[name]) for g in task.groups if g not in exclude]
         apply_recipe(model, rules, task.patterns, exclude)
     model.to(device).train()
-    if name in ("lsq_wa", "lsq_wa_eager"):
+    if VARIANTS[name] is not None and VARIANTS[name].get("act_algorithm"):
         calibrate(model, [batch], task.forward)
     if name == "inq":
         controller = INQController(model, {0: 0.5})

@@ -141,8 +141,7 @@ def match(gt: Boxes, dt: Boxes, images: int, categories: int, thresholds: np.nda
     group = np.ceil(np.log2(np.maximum(gt_count, 1))).astype(np.int64)
     for g in np.unique(group):
         pairs = np.flatnonzero(group == g)
-        rows = np.flatnonzero(found) if len(pairs) == len(pair_ids) else \
-            np.flatnonzero(found & np.isin(slot, pairs))
+        rows = np.flatnonzero(found & np.isin(slot, pairs))
         if not len(rows):
             continue
         local = np.searchsorted(pairs, slot[rows])

@@ -53,16 +53,17 @@ def canonical_shape(x: torch.Tensor, scale: torch.Tensor) -> tuple[int, int, int
             and scale.dtype == x.dtype and x.device.type in _DEVICES and scale.device == x.device
             and x.is_contiguous()):
         return None
+    axes = [d for d, n in enumerate(scale.shape) if n != 1]
+    if scale.numel() == 1:
+        shape = 1, 1, x.numel()
+    elif scale.dim() == x.dim() and len(axes) == 1 and scale.shape[axes[0]] == x.shape[axes[0]]:
+        shape = math.prod(x.shape[:axes[0]]), x.shape[axes[0]], math.prod(x.shape[axes[0] + 1:])
+    else:
+        return None
     if _state["warmup"] > 0:  # still warming up: eager, counted
         _state["warmup"] -= x.numel()
         return None
-    if scale.numel() == 1:
-        return 1, 1, x.numel()
-    axes = [d for d, n in enumerate(scale.shape) if n != 1]
-    if scale.dim() != x.dim() or len(axes) != 1 or scale.shape[axes[0]] != x.shape[axes[0]]:
-        return None
-    d = axes[0]
-    return math.prod(x.shape[:d]), x.shape[d], math.prod(x.shape[d + 1:])
+    return shape
 
 
 def _quantize(x: torch.Tensor, scale: torch.Tensor, low: int, high: int) -> torch.Tensor:
@@ -71,7 +72,9 @@ def _quantize(x: torch.Tensor, scale: torch.Tensor, low: int, high: int) -> torc
 
 
 def _inside(v: torch.Tensor, low: int, high: int) -> torch.Tensor:
-    """1.0 inside [low, high], else 0.0, in v's dtype (a product with it keeps NaNs)."""
+    """1.0 inside [low, high], else 0.0, in v's dtype (a product with it keeps NaNs): the
+    mask of `quantizers._inside`, which writes it with `out=` for eager speed; compiled, the
+    plain comparison fuses into the kernel."""
     return (v.clamp(low, high) == v).to(v.dtype)
 
 
